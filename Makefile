@@ -1,0 +1,24 @@
+# The two entry points: `make demo` and `make test`. Both install what is missing first.
+VENV := .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= prometheus prometheus-pushgateway chromium
+
+.PHONY: setup demo test bench doctor gpu-check gpu-matrix clean
+
+setup:
+	OMNITRACE_EXTRAS="$(EXTRAS)" scripts/setup.sh
+
+demo: setup
+	$(PY) -m omnitrace.demo
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+bench: setup
+	$(PY) bench/run_all.py
+
+doctor: setup
+	$(VENV)/bin/omnitrace doctor
+
+clean:
+	rm -rf $(VENV) build *.egg-info

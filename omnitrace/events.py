@@ -1,0 +1,274 @@
+"""The event vocabulary of a timeline: one type per kind, and its JSON form.
+
+Every event carries `t`, CLOCK_MONOTONIC nanoseconds (the kernel's `bpf_ktime_get_ns` and Python's
+`time.monotonic_ns` read the same clock). On disk an event is one JSON object per line whose `kind`
+names the type below; field names are the dataclass field names. docs/timeline-format.md is the
+reference for users.
+
+Process ids follow the kernel's split: `pid` is always a process id (a tgid); `tid` a thread id.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+SIGNAL_NAMES = {
+    1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 7: "SIGBUS",
+    8: "SIGFPE", 9: "SIGKILL", 10: "SIGUSR1", 11: "SIGSEGV", 12: "SIGUSR2", 13: "SIGPIPE",
+    14: "SIGALRM", 15: "SIGTERM", 16: "SIGSTKFLT", 17: "SIGCHLD", 18: "SIGCONT", 19: "SIGSTOP",
+    20: "SIGTSTP", 21: "SIGTTIN", 22: "SIGTTOU", 23: "SIGURG", 24: "SIGXCPU", 25: "SIGXFSZ",
+    26: "SIGVTALRM", 27: "SIGPROF", 28: "SIGWINCH", 29: "SIGIO", 30: "SIGPWR", 31: "SIGSYS",
+}
+
+
+def signal_name(sig: int) -> str:
+    if sig in SIGNAL_NAMES:
+        return SIGNAL_NAMES[sig]
+    if 34 <= sig <= 64:
+        return f"SIGRTMIN+{sig - 34}"
+    return f"SIG{sig}"
+
+
+def signal_number(name: str | int) -> int:
+    """'KILL', 'SIGKILL', '9' or 9 -> 9; ValueError for anything else."""
+    if isinstance(name, int):
+        return name
+    text = name.strip().upper()
+    if text.isdigit():
+        return int(text)
+    if not text.startswith("SIG"):
+        text = "SIG" + text
+    for number, known in SIGNAL_NAMES.items():
+        if known == text:
+            return number
+    raise ValueError(f"unknown signal {name!r}")
+
+
+# signal_generate's `result` field (kernel: enum trace_signal_result)
+SIGNAL_RESULTS = {0: "delivered", 1: "ignored", 2: "already_pending", 3: "overflow_fail",
+                  4: "lose_info"}
+# signal_deliver's sa_handler: 0 SIG_DFL, 1 SIG_IGN, anything else is a user handler
+DISPOSITIONS = {0: "default", 1: "ignored"}
+
+
+def disposition_name(sa_handler: int) -> str:
+    return DISPOSITIONS.get(sa_handler, "handler")
+
+
+def decode_wait_status(status: int) -> tuple[int | None, int | None, bool]:
+    """A raw wait(2) status -> (exit_code, signal, core_dumped); one of the first two is None."""
+    termsig = status & 0x7F
+    if termsig == 0:
+        return (status >> 8) & 0xFF, None, False
+    if termsig == 0x7F:  # stopped, not terminated: callers filter these out
+        return None, None, False
+    return None, termsig, bool(status & 0x80)
+
+
+@dataclass(slots=True)
+class Event:
+    kind: ClassVar[str] = "event"
+    t: int
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"kind": self.kind}
+        for f in dataclasses.fields(self):
+            d[f.name] = getattr(self, f.name)
+        return d
+
+
+@dataclass(slots=True)
+class Fork(Event):
+    """A new process (thread=False) or thread (thread=True). For a thread, pid is the process it
+    joins; for a process, pid is the child and ppid the process that forked it."""
+    kind: ClassVar[str] = "fork"
+    pid: int
+    tid: int
+    ppid: int
+    comm: str = ""
+    thread: bool = False
+
+
+@dataclass(slots=True)
+class Exec(Event):
+    kind: ClassVar[str] = "exec"
+    pid: int
+    filename: str = ""
+    old_pid: int = 0
+
+
+@dataclass(slots=True)
+class Exit(Event):
+    """A thread ended; group_dead marks the last thread, i.e. the process (keyed by pid) ended."""
+    kind: ClassVar[str] = "exit"
+    pid: int
+    tid: int
+    comm: str = ""
+    group_dead: bool = True
+
+
+@dataclass(slots=True)
+class ExitGroup(Event):
+    """The exit_group(2) call: the status a process asked to exit with."""
+    kind: ClassVar[str] = "exit_group"
+    pid: int
+    tid: int
+    code: int = 0
+
+
+@dataclass(slots=True)
+class Reap(Event):
+    """`reaper` collected the exit status of `pid` with wait4/waitid."""
+    kind: ClassVar[str] = "reap"
+    reaper: int
+    pid: int
+    status: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    core_dumped: bool = False
+    syscall: str = "wait4"
+
+
+@dataclass(slots=True)
+class SignalGenerate(Event):
+    """A signal was sent: by sender_pid (the current task) to target_pid/target_tid."""
+    kind: ClassVar[str] = "signal_generate"
+    sender_pid: int
+    sender_tid: int
+    sender_comm: str
+    target_pid: int
+    target_tid: int
+    target_comm: str
+    signal: int
+    code: int = 0
+    group: bool = False
+    result: str = "delivered"
+
+
+@dataclass(slots=True)
+class SignalDeliver(Event):
+    """A signal was taken off the queue by the receiving thread; disposition is what it did."""
+    kind: ClassVar[str] = "signal_deliver"
+    pid: int
+    tid: int
+    signal: int
+    code: int = 0
+    disposition: str = "default"
+
+
+@dataclass(slots=True)
+class Rename(Event):
+    """task_rename: prctl(PR_SET_NAME) or setproctitle changed a thread's comm."""
+    kind: ClassVar[str] = "rename"
+    pid: int
+    tid: int
+    oldcomm: str
+    newcomm: str
+
+
+@dataclass(slots=True)
+class OomKill(Event):
+    """The kernel's (host memory) OOM killer chose pid."""
+    kind: ClassVar[str] = "oom_kill"
+    pid: int
+    comm: str = ""
+
+
+@dataclass(slots=True)
+class Lost(Event):
+    """`count` events of `source` were dropped between t and end (ring buffer full, queue full)."""
+    kind: ClassVar[str] = "lost"
+    source: str
+    count: int
+    end: int
+
+
+@dataclass(slots=True)
+class ProcSnapshot(Event):
+    """What procfs said of a process at t. `reason`: start, new, exec, rename, periodic."""
+    kind: ClassVar[str] = "proc"
+    pid: int
+    ppid: int
+    name: str
+    cmdline: list[str] = field(default_factory=list)
+    state: str = ""
+    create_time: int | None = None  # monotonic ns
+    user: str = ""
+    ports: list[int] = field(default_factory=list)
+    reason: str = "periodic"
+
+
+@dataclass(slots=True)
+class GpuMemory(Event):
+    """Device memory in use on GPU `device` changed to `used` bytes (of `total`)."""
+    kind: ClassVar[str] = "gpu_memory"
+    device: int
+    used: int
+    total: int
+
+
+@dataclass(slots=True)
+class GpuProcess(Event):
+    """Process pid holds `used` bytes on `device` (0 = it stopped holding any)."""
+    kind: ClassVar[str] = "gpu_process"
+    device: int
+    pid: int
+    used: int
+
+
+@dataclass(slots=True)
+class GpuError(Event):
+    kind: ClassVar[str] = "gpu_error"
+    device: int
+    message: str
+
+
+@dataclass(slots=True)
+class Span(Event):
+    """An OpenTelemetry-style span from t to end: an HTTP request (health probe, load generator,
+    test client) or a mark (attributes under `omnitrace.*`, see docs/marks.md)."""
+    kind: ClassVar[str] = "span"
+    end: int
+    name: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+    source: str = "otlp"
+    trace_id: str = ""
+    span_id: str = ""
+    status: str = "unset"  # OTel status code: unset, ok, error
+
+    def is_mark(self) -> bool:
+        return any(k.startswith("omnitrace.") for k in self.attributes)
+
+
+@dataclass(slots=True)
+class Log(Event):
+    """A line a traced process or the recorder wrote that matters for a verdict."""
+    kind: ClassVar[str] = "log"
+    pid: int
+    stream: str
+    line: str
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (Fork, Exec, Exit, ExitGroup, Reap, SignalGenerate, SignalDeliver, Rename, OomKill,
+                Lost, ProcSnapshot, GpuMemory, GpuProcess, GpuError, Span, Log)
+}
+
+
+class UnknownEventKind(ValueError):
+    pass
+
+
+def event_from_dict(d: dict[str, Any]) -> Event:
+    """Build the typed event for one decoded line. Fields a newer writer added are ignored."""
+    kind = d.get("kind")
+    cls = EVENT_TYPES.get(kind)
+    if cls is None:
+        raise UnknownEventKind(f"unknown event kind {kind!r}")
+    names = _FIELD_NAMES[cls]
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+_FIELD_NAMES = {cls: frozenset(f.name for f in dataclasses.fields(cls)) for cls in EVENT_TYPES.values()}

@@ -1,0 +1,234 @@
+"""The timeline file: a JSON Lines header, events, and a footer; its writer and its tolerant reader.
+
+Crash safety comes from the shape, not from fsync: each line is written whole, the buffer is
+flushed at least every FLUSH_INTERVAL_S, and the reader treats a missing footer (or a half-written
+last line) as a truncated recording whose complete events are still good.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from omnitrace.errors import OmnitraceError
+from omnitrace.events import Event, UnknownEventKind, event_from_dict
+
+FORMAT = "omnitrace-timeline"
+VERSION = 1
+FLUSH_INTERVAL_S = 0.1  # the contract is "at least every 200 ms"; half that leaves headroom
+
+
+class TimelineError(OmnitraceError):
+    """Bad input in a timeline file; str() is the one-line message for users."""
+
+    def __init__(self, path: str | os.PathLike, line: int | None, message: str):
+        self.path, self.line, self.message = str(path), line, message
+        where = f"{self.path}:{line}" if line else self.path
+        super().__init__(f"{where}: {message}")
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def wall_offset_ns() -> int:
+    """wall-clock ns minus monotonic ns: add it to a timeline time to get Unix time."""
+    return time.time_ns() - time.monotonic_ns()
+
+
+def make_header(command: list[str], sources: dict[str, dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    header = {
+        "kind": "header",
+        "format": FORMAT,
+        "version": VERSION,
+        "host": socket.gethostname(),
+        "kernel": platform.release(),
+        "boot_id": boot_id(),
+        "clock": "CLOCK_MONOTONIC",
+        "unit": "ns",
+        "t0": time.monotonic_ns(),
+        "wall_offset_ns": wall_offset_ns(),
+        "command": list(command),
+        "sources": sources,
+    }
+    header.update(extra)
+    return header
+
+
+class TimelineWriter:
+    """Appends events from any thread; a background flusher bounds what a crash can lose."""
+
+    def __init__(self, path: str | os.PathLike, header: dict[str, Any]):
+        self.path = Path(path)
+        self._file = open(self.path, "w", encoding="utf-8")
+        self._lock = threading.Lock()
+        self._pending: list[str] = []
+        self._closed = False
+        self.events_written = 0
+        self._write_line(header)
+        self._file.flush()
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, name="timeline-flush", daemon=True)
+        self._flusher.start()
+
+    def _write_line(self, obj: dict[str, Any]) -> None:
+        self._file.write(json.dumps(obj, separators=(",", ":"), default=_json_default) + "\n")
+
+    def append(self, event: Event) -> None:
+        line = json.dumps(event.to_dict(), separators=(",", ":"), default=_json_default) + "\n"
+        with self._lock:
+            if self._closed:
+                return
+            self._pending.append(line)
+            self.events_written += 1
+
+    def extend(self, events: Iterable[Event]) -> None:
+        for event in events:
+            self.append(event)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._pending and not self._closed:
+                # One write per batch of whole lines: a crash leaves at most one partial line.
+                self._file.write("".join(self._pending))
+                self._pending.clear()
+            if not self._closed:
+                self._file.flush()
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(FLUSH_INTERVAL_S):
+            self.flush()
+
+    def close(self, footer: dict[str, Any]) -> None:
+        self._stop.set()
+        self._flusher.join()
+        self.flush()
+        with self._lock:
+            footer = {"kind": "footer", "events": self.events_written, **footer}
+            self._write_line(footer)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._closed = True
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to a timeline")
+
+
+@dataclass
+class Timeline:
+    """A recording in memory: what verify, show and the exporters take (never a path)."""
+    header: dict[str, Any]
+    events: list[Event]
+    footer: dict[str, Any] | None = None
+    path: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def truncated(self) -> bool:
+        return self.footer is None
+
+    @property
+    def t0(self) -> int:
+        return int(self.header.get("t0") or (self.events[0].t if self.events else 0))
+
+    @property
+    def t_end(self) -> int:
+        if self.footer and self.footer.get("t"):
+            return int(self.footer["t"])
+        return self.events[-1].t if self.events else self.t0
+
+    def seconds(self, t: int) -> float:
+        """Timeline ns -> seconds since the recording started."""
+        return (t - self.t0) / 1e9
+
+    def of_kind(self, *kinds: str) -> Iterator[Event]:
+        return (e for e in self.events if e.kind in kinds)
+
+    def source_ran(self, name: str) -> bool:
+        return name in (self.header.get("sources") or {})
+
+
+def read_timeline(path: str | os.PathLike, lenient: bool = False) -> Timeline:
+    """Read a timeline file. A corrupt line in the middle raises TimelineError naming its line
+    (with lenient=True it is skipped and a warning kept); a missing footer is not an error."""
+    path = Path(path)
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise TimelineError(path, None, f"cannot open: {exc.strerror}") from None
+    with handle:
+        data = handle.read()
+    lines = data.split(b"\n")
+    # A file that does not end in a newline was cut mid-line by a crash: its last piece is partial.
+    partial_tail = lines.pop() if lines else b""
+    warnings: list[str] = []
+    if partial_tail.strip():
+        warnings.append(f"{path}:{len(lines) + 1}: ignored a partial last line (recording cut off)")
+    if not lines or not lines[0].strip():
+        raise TimelineError(path, 1, "empty file: not an omnitrace timeline")
+    header = _parse_header(path, lines[0])
+    events: list[Event] = []
+    footer = None
+    loads = json.loads
+    for number, raw in enumerate(lines[1:], start=2):
+        if not raw.strip():
+            continue
+        try:
+            obj = loads(raw)
+            if obj.get("kind") == "footer":
+                footer = obj
+                continue
+            events.append(event_from_dict(obj))
+        except (ValueError, TypeError, AttributeError) as exc:
+            problem = str(exc) if isinstance(exc, UnknownEventKind) else f"not a valid event ({exc})"
+            if not lenient:
+                raise TimelineError(path, number, problem + "; use --lenient to skip bad lines") from None
+            warnings.append(f"{path}:{number}: skipped: {problem}")
+    if footer is None:
+        warnings.append(f"{path}: truncated: no footer (the recorder did not finish the file)")
+    # Sources write from separate threads, so the file is only roughly in time order.
+    events.sort(key=_event_time)
+    return Timeline(header=header, events=events, footer=footer, path=str(path), warnings=warnings)
+
+
+def _event_time(event: Event) -> int:
+    return event.t
+
+
+def _parse_header(path: Path, raw: bytes) -> dict[str, Any]:
+    try:
+        header = json.loads(raw)
+    except ValueError:
+        raise TimelineError(path, 1, "first line is not JSON: not an omnitrace timeline") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise TimelineError(path, 1, f"first line is not an {FORMAT} header")
+    if header.get("version", 0) > VERSION:
+        raise TimelineError(path, 1, f"format version {header['version']} is newer than this "
+                                     f"omnitrace reads ({VERSION}); upgrade omnitrace")
+    return header
+
+
+def write_timeline(path: str | os.PathLike, header: dict[str, Any], events: Iterable[Event],
+                   footer: dict[str, Any] | None) -> None:
+    """Write a whole timeline at once (tests, generators, converters)."""
+    with open(path, "w", encoding="utf-8") as out:
+        out.write(json.dumps(header, separators=(",", ":")) + "\n")
+        count = 0
+        for event in events:
+            out.write(json.dumps(event.to_dict(), separators=(",", ":"), default=_json_default) + "\n")
+            count += 1
+        if footer is not None:
+            out.write(json.dumps({"kind": "footer", "events": count, **footer}, separators=(",", ":")) + "\n")
