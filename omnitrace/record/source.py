@@ -1,0 +1,77 @@
+"""The one shape every recorder source has (kernel, procfs, gpu, http), and what the recorder
+offers them.
+
+Life cycle, driven by omnitrace.record.recorder.Recorder:
+    prepare(ctx)  before the command starts: set up, return environment variables for the command
+    start(ctx)    the command is running (ctx.root_pid is set): begin emitting events
+    stop()        the command ended or the recorder is told to finish; drain and stop threads
+    describe()    for the header: {"backend": ..., "precision_ns": ..., ...}
+    counters()    for the footer: {"events": n, "lost": n, ...}
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from omnitrace.events import Event
+
+
+class SourceUnavailable(Exception):
+    """A source cannot run here; str() says why and what would fix it."""
+
+
+class RecordContext:
+    """What sources share during one recording. Thread-safe where it matters."""
+
+    def __init__(self, emit: Callable[[Event], None]):
+        self._emit = emit
+        self._lock = threading.Lock()
+        self._traced: set[int] = set()
+        self._fatal_signal_listeners: list[Callable[[int, int], None]] = []
+        self.root_pid: int | None = None
+        self.trace_all = False
+
+    def emit(self, event: Event) -> None:
+        self._emit(event)
+
+    # The traced set as user space knows it: the kernel source keeps it up to date from fork
+    # events; other sources (procfs snapshots, GPU per-process filter) read it.
+    def add_traced(self, pid: int) -> None:
+        with self._lock:
+            self._traced.add(pid)
+
+    def traced_pids(self) -> set[int]:
+        with self._lock:
+            return set(self._traced)
+
+    def is_traced(self, pid: int) -> bool:
+        with self._lock:
+            return self.trace_all or pid in self._traced
+
+    def on_fatal_signal(self, listener: Callable[[int, int], None]) -> None:
+        """listener(t_ns, pid) runs when a fatal signal reaches a traced process (the GPU source
+        samples faster for a while after one)."""
+        self._fatal_signal_listeners.append(listener)
+
+    def fatal_signal(self, t: int, pid: int) -> None:
+        for listener in list(self._fatal_signal_listeners):
+            listener(t, pid)
+
+
+class Source:
+    name = "source"
+
+    def prepare(self, ctx: RecordContext) -> dict[str, str]:
+        return {}
+
+    def start(self, ctx: RecordContext) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def counters(self) -> dict[str, int]:
+        return {}
