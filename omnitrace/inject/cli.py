@@ -1,0 +1,76 @@
+"""`omnitrace inject signal|oom`, `omnitrace load`; `omnitrace matrix run` is defined here and
+attached to the verify engineer's `matrix` group."""
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import click
+
+from omnitrace.events import signal_name
+
+
+@click.group()
+def inject() -> None:
+    """Inject a fault: a signal into a server's process tree, or a GPU memory hog."""
+
+
+@inject.command("signal")
+@click.option("--server", "server", type=int, required=True, help="pid of the server's root process")
+@click.option("--target", default="worker", show_default=True,
+              help="worker, serve, all, a pid in the tree, or text matched against name + cmdline")
+@click.option("--signal", "sig", default="TERM", show_default=True, help="KILL, TERM or INT")
+@click.option("--scenario", default=None, help="matrix row id to name in the fault mark")
+def signal_cmd(server: int, target: str, sig: str, scenario: str | None) -> None:
+    """Signal processes of a server's tree by role, inside a fault mark."""
+    from omnitrace.inject.signals import inject_signal
+    fault = inject_signal(server, target, sig, scenario=scenario)
+    click.echo(f"sent {signal_name(fault.signal)} to {', '.join(map(str, fault.pids)) or 'nothing'}"
+               + (f" (already gone: {', '.join(map(str, fault.missed))})" if fault.missed else ""))
+
+
+def _devices(text: str) -> list[int]:
+    try:
+        return [int(d) for d in text.split(",") if d.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give device indices like 0,1") from None
+
+
+@inject.command("oom")
+@click.option("--devices", default="0", show_default=True, help="comma-separated GPU indices")
+@click.option("--ratio", type=float, default=0.92, show_default=True, help="share of free memory to take")
+@click.option("--strict", is_flag=True, help="after 256 MiB chunks, fill 64/16/4/1 MiB tails")
+@click.option("--hold", "hold_s", type=float, default=600.0, show_default=True,
+              help="seconds to hold before releasing by itself")
+def oom_cmd(devices: str, ratio: float, strict: bool, hold_s: float) -> None:
+    """Fill free GPU memory and hold it; prints READY (or ERROR and exits 2)."""
+    from omnitrace.inject.oom import run_hog
+    try:
+        import setproctitle  # the verifier recognises the hog by its title
+        setproctitle.setproctitle("omnitrace oom-hog " + " ".join(sys.argv[1:]))
+    except ImportError:
+        pass
+    code = run_hog(_devices(devices), ratio, strict, hold_s)
+    if code:
+        sys.exit(code)
+
+
+@click.command()
+@click.option("--url", required=True, help="the server's base URL, e.g. http://127.0.0.1:8000")
+@click.option("--kind", type=click.Choice(["chat", "chat-stream", "speech", "mix"]), default="chat",
+              show_default=True)
+@click.option("--rate", type=float, default=2.0, show_default=True, help="requests started per second")
+@click.option("--requests", "count", type=int, default=10, show_default=True)
+@click.option("--concurrency", type=int, default=8, show_default=True)
+@click.option("--timeout", "timeout_s", type=float, default=60.0, show_default=True,
+              help="per-request client timeout, seconds")
+@click.option("--model", default="default", show_default=True)
+def load(url: str, kind: str, rate: float, count: int, concurrency: int, timeout_s: float,
+         model: str) -> None:
+    """Send HTTP load; each request is an OpenTelemetry span. Ends with a summary table."""
+    from omnitrace.inject.load import Load, summary_table
+    if rate <= 0 or count < 1 or concurrency < 1:
+        raise click.BadParameter("--rate must be > 0, --requests and --concurrency >= 1")
+    runner = Load(url, kind, rate, count, concurrency, timeout_s, model)
+    results = asyncio.run(asyncio.wait_for(runner.run(), runner.bound_s()))
+    click.echo(summary_table(results))

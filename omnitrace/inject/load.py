@@ -1,0 +1,210 @@
+"""HTTP load against an OpenAI-style server, one OpenTelemetry span per request.
+
+Open-loop arrivals at `rate` per second, at most `concurrency` requests in flight, `requests` in
+all. Each request ends with one reason: completed (2xx, body read; for streams the `[DONE]` event),
+4xx, 5xx, truncated (a stream that stopped without `[DONE]`), reset, refused or timeout. Span
+attributes follow OTel's HTTP conventions plus omnitrace.request.* (docs/marks.md), so the
+recorder's OTLP receiver turns them into evidence for the "requests fail fast" rules.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+import time
+from dataclasses import dataclass
+
+import httpx
+from opentelemetry.trace import Status, StatusCode
+
+from omnitrace.inject import marks
+
+KINDS = ("chat", "chat-stream", "speech", "mix")
+PROMPT = "Describe, in one paragraph, what a fault-injection matrix checks."
+END_REASONS = ("completed", "4xx", "5xx", "truncated", "reset", "refused", "timeout")
+
+
+@dataclass
+class RequestResult:
+    index: int
+    kind: str
+    path: str
+    start: float           # time.monotonic()
+    end: float
+    status: int | None
+    end_reason: str
+    ttfb_s: float | None
+    nbytes: int
+    openai_error: bool | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return self.end - self.start
+
+
+def request_spec(kind: str, model: str) -> tuple[str, dict]:
+    if kind == "speech":
+        return "/v1/audio/speech", {"model": model, "input": PROMPT, "voice": "default"}
+    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 64}
+    if kind == "chat-stream":
+        body["stream"] = True
+    return "/v1/chat/completions", body
+
+
+def classify_error(exc: Exception) -> str:
+    """httpx's exception -> the end reason (also the span's error.type)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpx.ConnectError):
+        return "refused"
+    # Peer closed or reset mid-exchange: RemoteProtocolError, ReadError, WriteError.
+    return "reset"
+
+
+class Load:
+    """One load run. `in_flight` and `started` are safe to read from another thread."""
+
+    def __init__(self, url: str, kind: str = "chat", rate: float = 2.0, requests: int = 10,
+                 concurrency: int = 8, timeout_s: float = 60.0, model: str = "default",
+                 scenario: str | None = None):
+        if kind not in KINDS:
+            raise ValueError(f"kind {kind!r}: use one of {', '.join(KINDS)}")
+        self.url, self.kind, self.rate, self.requests = url.rstrip("/"), kind, rate, requests
+        self.concurrency, self.timeout_s, self.model, self.scenario = concurrency, timeout_s, model, scenario
+        self.results: list[RequestResult] = []
+        self.in_flight = 0
+        self.started = 0
+        self.streaming = 0      # requests that got their first byte and are not done yet
+        self._changed = threading.Condition()
+
+    # --- waiting from another thread -----------------------------------------------------------
+    def wait_until(self, predicate, timeout_s: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self), timeout_s)
+
+    def _note(self, **delta: int) -> None:
+        with self._changed:
+            for name, d in delta.items():
+                setattr(self, name, getattr(self, name) + d)
+            self._changed.notify_all()
+
+    # --- running ---------------------------------------------------------------------------------
+    def bound_s(self) -> float:
+        """The longest a run can take: the last arrival plus one request timeout, plus slack."""
+        return self.requests / max(self.rate, 1e-3) + self.timeout_s + 5
+
+    async def run(self) -> list[RequestResult]:
+        kinds = itertools.cycle(("chat", "chat-stream", "speech")) if self.kind == "mix" else \
+            itertools.repeat(self.kind)
+        limit = asyncio.Semaphore(self.concurrency)
+        timeout = httpx.Timeout(self.timeout_s, connect=min(5.0, self.timeout_s))
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=0)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+            tasks = []
+            t0 = time.monotonic()
+            for index, kind in zip(range(self.requests), kinds):
+                await asyncio.sleep(max(0.0, t0 + index / self.rate - time.monotonic()))
+                await limit.acquire()
+                task = asyncio.create_task(self._one(client, index, kind))
+                task.add_done_callback(lambda _t: limit.release())
+                tasks.append(task)
+            await asyncio.gather(*tasks)
+        marks.flush_load()
+        return self.results
+
+    def run_in_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=lambda: asyncio.run(self.run()), name="omnitrace-load",
+                                  daemon=True)
+        thread.start()
+        return thread
+
+    async def _one(self, client: httpx.AsyncClient, index: int, kind: str) -> None:
+        path, body = request_spec(kind, self.model)
+        span = marks.load_tracer().start_span(f"POST {path}", attributes=marks.clean({
+            "http.request.method": "POST", "url.full": self.url + path, "url.path": path,
+            "omnitrace.request.kind": kind, "omnitrace.request.index": index,
+            "omnitrace.request.scenario": self.scenario}))
+        start = time.monotonic()
+        status, ttfb, nbytes, reason, openai_error = None, None, 0, "completed", None
+        self._note(in_flight=1, started=1)
+        first = True
+        try:
+            async with client.stream("POST", self.url + path, json=body) as response:
+                status = response.status_code
+                tail = b""
+                async for chunk in response.aiter_bytes():
+                    if first:
+                        ttfb, first = time.monotonic() - start, False
+                        self._note(streaming=1)
+                    nbytes += len(chunk)
+                    tail = (tail + chunk)[-4096:]
+                reason = _reason_for(status, kind, tail)
+                openai_error = _openai_error(tail) if status >= 400 else None
+        except httpx.HTTPError as exc:
+            reason = classify_error(exc)
+        end = time.monotonic()
+        self._note(in_flight=-1, streaming=0 if first else -1)
+        result = RequestResult(index, kind, path, start, end, status, reason, ttfb, nbytes, openai_error)
+        self.results.append(result)
+        _finish_span(span, result)
+
+
+def _reason_for(status: int, kind: str, tail: bytes) -> str:
+    if status >= 500:
+        return "5xx"
+    if status >= 400:
+        return "4xx"
+    if kind == "chat-stream" and b"[DONE]" not in tail:
+        return "truncated"
+    return "completed"
+
+
+def _openai_error(tail: bytes) -> bool:
+    """Whether an error body has the OpenAI shape {"error": {"message": str, ...}}."""
+    try:
+        error = json.loads(tail).get("error")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(error, dict) and isinstance(error.get("message"), str)
+
+
+def _finish_span(span, r: RequestResult) -> None:
+    attributes = {"omnitrace.request.end_reason": r.end_reason, "omnitrace.request.bytes": r.nbytes,
+                  "http.response.body.size": r.nbytes}
+    if r.status is not None:
+        attributes["http.response.status_code"] = r.status
+    if r.ttfb_s is not None:
+        attributes["omnitrace.request.ttfb_s"] = round(r.ttfb_s, 6)
+    if r.openai_error is not None:
+        attributes["omnitrace.response.openai_error"] = r.openai_error
+    if r.end_reason not in ("completed",):
+        attributes["error.type"] = str(r.status) if r.status else r.end_reason
+        span.set_status(Status(StatusCode.ERROR, r.end_reason))
+    span.set_attributes(attributes)
+    span.end()
+
+
+def summary_table(results: list[RequestResult]) -> str:
+    """One line per end reason with count and latency figures, then the total."""
+    rows = [("end reason", "count", "p50 s", "max s", "ttfb p50 s")]
+    for reason in END_REASONS:
+        group = [r for r in results if r.end_reason == reason]
+        if group:
+            rows.append((reason, str(len(group)), f"{_pct(group, 50):.3f}", f"{_pct(group, 100):.3f}",
+                         _ttfb(group)))
+    rows.append(("total", str(len(results)), f"{_pct(results, 50):.3f}" if results else "-",
+                 f"{_pct(results, 100):.3f}" if results else "-", _ttfb(results)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                               enumerate(zip(row, widths))) for row in rows)
+
+
+def _pct(group: list[RequestResult], p: int) -> float:
+    values = sorted(r.duration_s for r in group)
+    return values[min(len(values) - 1, int(len(values) * p / 100))] if values else 0.0
+
+
+def _ttfb(group: list[RequestResult]) -> str:
+    values = sorted(r.ttfb_s for r in group if r.ttfb_s is not None)
+    return f"{values[len(values) // 2]:.3f}" if values else "-"

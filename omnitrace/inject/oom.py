@@ -1,0 +1,93 @@
+"""The GPU memory hog: a side process that takes the free memory of some devices and holds it.
+
+Like the upstream suite: read free memory, allocate `free * ratio` in 256 MiB chunks (strict: then
+64/16/4/1 MiB tails to land within 1 MiB of the target), print `READY: ...` (or `ERROR: ...` and exit
+2), hold until killed or until the hold ends. The hold is always bounded, and the hog also leaves
+when the process that started it dies, so a crashed runner never leaves a device full.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+from omnitrace.gpu import GpuOutOfMemory
+from omnitrace.inject import marks
+
+MIB = 1 << 20
+CHUNK = 256 * MIB
+TAILS = (64 * MIB, 16 * MIB, 4 * MIB, 1 * MIB)
+DEFAULT_RATIO = 0.92    # Qwen3-Omni's; Wan2.2 used 0.95 strict
+DEFAULT_HOLD_S = 600.0  # the bound when nobody kills the hog
+
+
+@dataclass
+class Filled:
+    device: int
+    free_before: int
+    target: int
+    held: int
+
+
+def fill(allocator, device: int, ratio: float, strict: bool) -> Filled:
+    free = allocator.free_bytes(device)
+    target = int(free * ratio)
+    held = 0
+    sizes = (CHUNK,) + (TAILS if strict else ())
+    for size in sizes:
+        while held + size <= target:
+            try:
+                allocator.alloc(device, size)
+            except GpuOutOfMemory:
+                break  # someone else took memory meanwhile: try the next, smaller size
+            held += size
+    return Filled(device, free, target, held)
+
+
+def run_hog(devices: list[int], ratio: float, strict: bool, hold_s: float, out=sys.stdout) -> int:
+    if not 0 < ratio <= 1:
+        print(f"ERROR: --ratio {ratio} must be in (0, 1]", file=out, flush=True)
+        return 2
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stop.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: stop.append(signum))
+    # The oom mark covers the hog's life, from before the first allocation to after the release.
+    mark = marks.tracer().start_span(marks.OOM_SPAN, attributes=marks.clean(
+        marks.oom_attributes([os.getpid()], devices, **marks.context_from_env())))
+    try:
+        return _fill_and_hold(devices, ratio, strict, hold_s, stop, out)
+    finally:
+        mark.end()
+        marks.flush()
+
+
+def _fill_and_hold(devices, ratio, strict, hold_s, stop, out) -> int:
+    from omnitrace.inject.gpu_alloc import open_allocator
+    parent = os.getppid()
+    try:
+        allocator = open_allocator()
+        filled = [fill(allocator, d, ratio, strict) for d in devices]
+    except Exception as exc:  # no device, driver error: the contract is one ERROR line
+        print(f"ERROR: {type(exc).__name__}: {exc}", file=out, flush=True)
+        return 2
+    short = [f for f in filled if f.held == 0 or (strict and f.target - f.held >= MIB)]
+    if short:
+        f = short[0]
+        print(f"ERROR: device {f.device}: held {f.held // MIB} MiB of the {f.target // MIB} MiB "
+              f"target ({f.free_before // MIB} MiB were free)", file=out, flush=True)
+        allocator.release()
+        return 2
+    summary = " ".join(f"gpu{f.device}={f.held // MIB}MiB/free{f.free_before // MIB}MiB"
+                       for f in filled)
+    print(f"READY: pid={os.getpid()} backend={allocator.name} {summary}", file=out, flush=True)
+    deadline = time.monotonic() + hold_s
+    # os.getppid() changes when whoever started us died: leave rather than hold a device forever.
+    while not stop and time.monotonic() < deadline and os.getppid() == parent:
+        time.sleep(0.05)
+    allocator.release()
+    why = f"signal {stop[0]}" if stop else ("hold ended" if time.monotonic() >= deadline
+                                            else "parent gone")
+    print(f"RELEASED: {why}", file=out, flush=True)
+    return 0

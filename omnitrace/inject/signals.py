@@ -1,0 +1,133 @@
+"""Signals by role in a server's process tree, the way the upstream suite sends them.
+
+The tree is `[root] + root.children(recursive=True)` captured at injection time. Roles:
+  serve   the root (the API server)
+  worker  the first process in the tree whose name + cmdline matches a worker pattern
+  all     the root, then each live descendant, ALL_GAP_S apart
+  PATTERN any other text: every tree process whose name + cmdline contains it; a number is a pid
+psutil.Process.send_signal checks the create time, so a recycled pid is never signalled.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+from omnitrace.errors import OmnitraceError
+from omnitrace.events import signal_name, signal_number
+from omnitrace.inject import marks
+from omnitrace.inject.roles import is_worker
+
+ALL_GAP_S = 0.1  # upstream's gap between signals for "kill all"
+ROLES = ("serve", "worker", "all")
+
+
+class InjectionRefused(OmnitraceError):
+    """The injection would hit something it must never hit."""
+
+
+@dataclass
+class SignalFault:
+    server: int
+    target: str
+    signal: int
+    pids: list[int] = field(default_factory=list)     # signalled, in order
+    missed: list[int] = field(default_factory=list)   # gone before their turn
+    t_start_ns: int = 0
+    t_end_ns: int = 0
+
+
+def describe(proc: psutil.Process) -> str:
+    try:
+        return proc.name() + " " + " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return ""
+
+
+def server_tree(server: int) -> list[psutil.Process]:
+    """Root first, then descendants in psutil's (breadth-first) order."""
+    _refuse_forbidden(server, what="--server")
+    try:
+        root = psutil.Process(server)
+        return [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        raise InjectionRefused(f"--server {server}: no such process; pass the pid of the "
+                               f"running server's root process") from None
+
+
+def select(tree: list[psutil.Process], target: str) -> list[psutil.Process]:
+    root = tree[0]
+    if target == "serve":
+        chosen = [root]
+    elif target == "all":
+        chosen = list(tree)
+    elif target == "worker":
+        chosen = [p for p in tree[1:] if is_worker(describe(p))][:1]
+    elif target.isdigit():
+        pid = int(target)
+        _refuse_forbidden(pid, what="--target")
+        chosen = [p for p in tree if p.pid == pid]
+        if not chosen:
+            raise InjectionRefused(f"--target {pid} is not in the process tree of server "
+                                   f"{root.pid}; only that tree's processes may be signalled")
+    else:
+        chosen = [p for p in tree if target in describe(p)]
+    if not chosen:
+        raise InjectionRefused(f"--target {target}: no process in the tree of server {root.pid} "
+                               f"matches; `ps --forest -p {root.pid}` shows the tree")
+    for proc in chosen:
+        _refuse_forbidden(proc.pid, what=f"--target {target}")
+    return chosen
+
+
+def _refuse_forbidden(pid: int, what: str) -> None:
+    if pid <= 1:
+        raise InjectionRefused(f"{what}: refusing to signal pid {pid} (init or a process group)")
+    if pid == os.getpid():
+        raise InjectionRefused(f"{what}: refusing to signal omnitrace's own process ({pid})")
+    if pid in _own_ancestors():
+        raise InjectionRefused(f"{what}: pid {pid} is an ancestor of omnitrace itself; "
+                               f"signalling it would stop the injector and its recording")
+
+
+def _own_ancestors() -> set[int]:
+    try:
+        return {p.pid for p in psutil.Process().parents()}
+    except psutil.Error:
+        return set()
+
+
+def inject_signal(server: int, target: str, sig: str | int, gap_s: float = ALL_GAP_S,
+                  scenario: str | None = None, server_url: str | None = None) -> SignalFault:
+    """Signal the chosen processes inside a fault mark (span) that names them."""
+    try:
+        number = signal_number(sig)
+    except ValueError:
+        raise InjectionRefused(f"--signal {sig}: unknown signal; use KILL, TERM or INT") from None
+    tree = server_tree(server)
+    chosen = select(tree, target)
+    fault = SignalFault(server=server, target=target, signal=number)
+    context = marks.context_from_env()
+    attributes = marks.fault_attributes(
+        signal_name(number), target, [p.pid for p in chosen],
+        scenario=scenario or context["scenario"], server_pid=server,
+        server_url=server_url or context["server_url"])
+    with marks.span(marks.FAULT_SPAN, attributes) as span:
+        fault.t_start_ns = time.monotonic_ns()
+        for index, proc in enumerate(chosen):
+            if index and gap_s:
+                time.sleep(gap_s)
+            try:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    raise psutil.NoSuchProcess(proc.pid)
+                proc.send_signal(number)
+                fault.pids.append(proc.pid)
+            except psutil.NoSuchProcess:
+                fault.missed.append(proc.pid)  # "all": an earlier signal already took it down
+        fault.t_end_ns = time.monotonic_ns()
+        # The verifier reads the pids actually signalled, in order.
+        span.set_attribute("omnitrace.fault.pids", fault.pids)
+    marks.flush()
+    return fault

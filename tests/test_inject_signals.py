@@ -1,0 +1,157 @@
+"""`omnitrace inject signal`: roles in a real process tree, real signals, and what it refuses."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+from click.testing import CliRunner
+
+from omnitrace.inject.cli import inject
+from omnitrace.inject.signals import InjectionRefused, inject_signal
+
+# A miniature serve tree: root -> resource tracker look-alike, then two titled stage processes.
+# Every process records the signals it receives in its own file, then exits 128+signum.
+FAKE_SERVER = textwrap.dedent("""
+    import os, signal, subprocess, sys, time
+    out = sys.argv[1]
+    def trap(name):
+        def handler(signum, _frame):
+            with open(os.path.join(out, f"{name}-{os.getpid()}"), "a") as f:
+                f.write(f"{signum}\\n")
+            os._exit(128 + signum)
+        signal.signal(signal.SIGTERM, handler); signal.signal(signal.SIGINT, handler)
+    role = sys.argv[2] if len(sys.argv) > 2 else "root"
+    if role == "root":
+        kids = [subprocess.Popen([sys.executable, "-c",
+                 "from multiprocessing.resource_tracker import main;import time;time.sleep(60)"])]
+        for i in range(2):
+            kids.append(subprocess.Popen([sys.executable, __file__, out, f"stage{i}"]))
+    else:
+        import setproctitle; setproctitle.setproctitle("VLLM::StageEngineCoreProc_noid_replica0_DP0")
+    trap(role)
+    deadline = time.monotonic() + 60  # bounded even if the test dies
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+""")
+
+
+@pytest.fixture
+def server(tmp_path):
+    script = tmp_path / "fake_server.py"
+    script.write_text(FAKE_SERVER)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)])
+    root = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        kids = root.children(recursive=True)
+        if sum("VLLM::" in p.name() for p in kids if p.is_running()) == 2:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("fake server did not start its stages")
+    tree = [root] + root.children(recursive=True)
+    yield proc, tree, tmp_path
+    for p in tree:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(tree, timeout=5)
+
+
+def signalled(tmp_path) -> dict[str, list[int]]:
+    """role-pid -> signals received, from the files the fake processes wrote."""
+    return {f.name: [int(x) for x in f.read_text().split()] for f in tmp_path.iterdir()
+            if "-" in f.name and f.suffix == ""}
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_worker_target_signals_first_titled_stage_only(server):
+    proc, tree, tmp = server
+    stages = [p for p in tree if "VLLM::" in p.name()]
+    fault = inject_signal(proc.pid, "worker", "TERM")
+    assert fault.pids == [stages[0].pid]
+    assert wait_for(lambda: len(signalled(tmp)) == 1)
+    (name, signals), = signalled(tmp).items()
+    assert name.endswith(f"-{stages[0].pid}") and signals == [signal.SIGTERM]
+    assert proc.poll() is None, "the serve root must not be touched by a worker kill"
+
+
+def test_serve_target_signals_root_only(server):
+    proc, tree, tmp = server
+    fault = inject_signal(proc.pid, "serve", "INT")
+    assert fault.pids == [proc.pid]
+    assert proc.wait(timeout=10) == 128 + signal.SIGINT
+    assert all(p.is_running() for p in tree[1:])
+
+
+def test_all_signals_root_first_then_each_live_descendant(server):
+    proc, tree, tmp = server
+    fault = inject_signal(proc.pid, "all", "KILL", gap_s=0.01)
+    assert fault.pids[0] == proc.pid
+    assert sorted(fault.pids + fault.missed) == sorted(p.pid for p in tree)
+    gone, alive = psutil.wait_procs(tree, timeout=10)
+    assert not alive
+
+
+def test_pattern_target_matches_name_and_cmdline(server):
+    proc, tree, tmp = server
+    tracker = next(p for p in tree if "resource_tracker" in " ".join(p.cmdline()))
+    fault = inject_signal(proc.pid, "resource_tracker", "KILL")
+    assert fault.pids == [tracker.pid]
+    assert wait_for(lambda: not tracker.is_running() or tracker.status() == psutil.STATUS_ZOMBIE)
+
+
+@pytest.mark.parametrize("server_pid, target, message", [
+    (1, "serve", "refusing to signal pid 1"),
+    (os.getpid(), "serve", "omnitrace's own process"),
+])
+def test_refuses_init_and_itself(server_pid, target, message):
+    with pytest.raises(InjectionRefused, match=message):
+        inject_signal(server_pid, target, "TERM")
+
+
+def test_refuses_pid_outside_the_server_tree(server):
+    proc, tree, tmp = server
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with pytest.raises(InjectionRefused, match="not in the process tree"):
+            inject_signal(proc.pid, str(bystander.pid), "KILL")
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_refuses_own_ancestor_as_server():
+    with pytest.raises(InjectionRefused, match="ancestor of omnitrace"):
+        inject_signal(os.getppid(), "serve", "TERM")
+
+
+def test_cli_reports_refusal_as_one_line_error(server):
+    proc, tree, tmp = server
+    result = CliRunner().invoke(inject, ["signal", "--server", str(proc.pid), "--target",
+                                         "no-such-process-name", "--signal", "TERM"])
+    assert result.exit_code != 0
+    assert "no process in the tree" in str(result.exception)
+    assert proc.poll() is None and not signalled(tmp)
+
+
+def test_unknown_signal_is_refused(server):
+    proc, tree, tmp = server
+    with pytest.raises(InjectionRefused, match="unknown signal"):
+        inject_signal(proc.pid, "serve", "BOGUS")
