@@ -45,6 +45,10 @@ def signal_number(name: str | int) -> int:
     raise ValueError(f"unknown signal {name!r}")
 
 
+# Signals whose default action ends the process (the rest are ignored, stop or continue it).
+FATAL_BY_DEFAULT = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 24, 25, 26, 27,
+                              29, 30, 31})
+
 # signal_generate's `result` field (kernel: enum trace_signal_result)
 SIGNAL_RESULTS = {0: "delivered", 1: "ignored", 2: "already_pending", 3: "overflow_fail",
                   4: "lose_info"}

@@ -28,6 +28,7 @@ class RecordContext:
         self._lock = threading.Lock()
         self._traced: set[int] = set()
         self._fatal_signal_listeners: list[Callable[[int, int], None]] = []
+        self._process_listeners: list[Callable[[int, str], None]] = []
         self.root_pid: int | None = None
         self.trace_all = False
 
@@ -56,6 +57,15 @@ class RecordContext:
     def fatal_signal(self, t: int, pid: int) -> None:
         for listener in list(self._fatal_signal_listeners):
             listener(t, pid)
+
+    def on_process_changed(self, listener: Callable[[int, str], None]) -> None:
+        """listener(pid, reason) runs when a traced process appears ("new"), execs ("exec") or
+        is renamed ("rename"): the procfs source takes a fresh snapshot then."""
+        self._process_listeners.append(listener)
+
+    def process_changed(self, pid: int, reason: str) -> None:
+        for listener in list(self._process_listeners):
+            listener(pid, reason)
 
 
 class Source:

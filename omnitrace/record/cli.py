@@ -1,0 +1,88 @@
+"""`omnitrace record` and `omnitrace doctor`."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from omnitrace.errors import OmnitraceError
+from omnitrace.record.recorder import Recorder, RecordOptions
+
+
+def _default_output() -> Path:
+    return Path(time.strftime("omnitrace-%Y%m%d-%H%M%S.jsonl"))
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Timeline file to write (default: omnitrace-<date>-<time>.jsonl).")
+@click.option("--attach", "attach", type=int, multiple=True, metavar="PID",
+              help="Also trace this existing process and its descendants (repeatable).")
+@click.option("--all", "trace_all", is_flag=True, help="Trace every process on the machine.")
+@click.option("--no-bpf", is_flag=True, help="Do not load BPF: poll procfs instead (lower precision).")
+@click.option("--snapshot-interval", default=1.0, show_default=True, type=click.FloatRange(0.05),
+              help="Seconds between procfs snapshots of each traced process.")
+@click.option("--linger", default=1.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds to keep recording after the command exits while its descendants end.")
+@click.option("--keep-root", is_flag=True, help="Under sudo, run the command as root too.")
+@click.option("--gpu", type=click.Choice(["auto", "nvml", "sim", "off"]), default="auto",
+              show_default=True, help="GPU memory source.")
+@click.option("--health-url", metavar="URL",
+              help="Health endpoint to probe at 20 Hz (default: discovered from the server's port).")
+@click.option("--no-health", is_flag=True, help="Do not probe health.")
+@click.option("--no-otlp", is_flag=True, help="Do not run the OTLP span receiver.")
+@click.option("--metrics-port", type=int, metavar="PORT",
+              help="Serve live Prometheus metrics on this port while recording.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              help="Address for --metrics-port.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def record(output, attach, trace_all, no_bpf, snapshot_interval, linger, keep_root, gpu,
+           health_url, no_health, no_otlp, metrics_port, metrics_host, command):
+    """Run COMMAND and record what happens to its process tree.
+
+    \b
+      sudo omnitrace record -o run.jsonl -- pytest tests/reliability
+      sudo omnitrace record --attach 4123 -o run.jsonl
+    """
+    options = RecordOptions(output=output or _default_output(), command=list(command),
+                            attach=list(attach), trace_all=trace_all, no_bpf=no_bpf,
+                            snapshot_interval_s=snapshot_interval, linger_s=linger,
+                            keep_root=keep_root)
+    from omnitrace.record.wiring import evidence_sources, live_observers
+    options.extra_sources = evidence_sources(gpu=gpu, health_url=health_url,
+                                             health=not no_health, otlp=not no_otlp)
+    stoppers = []
+    if metrics_port is not None:
+        observer, stop = live_observers(metrics_host, metrics_port)
+        options.observers.append(observer)
+        stoppers.append(stop)
+    try:
+        result = Recorder(options).run()
+    finally:
+        for stop in stoppers:
+            stop()
+    click.echo(result.summary(), err=True)
+    sys.exit(result.exit_status if result.exit_status is not None else 0)
+
+
+@click.command()
+def doctor():
+    """Check what the full-fidelity recorder needs; print the fix for each missing piece."""
+    from omnitrace.record.doctor import run_checks
+    checks = run_checks()
+    width = max(len(c.name) for c in checks)
+    for check in checks:
+        mark = "ok  " if check.ok else ("warn" if check.optional else "FAIL")
+        click.echo(f"{mark}  {check.name:<{width}}  {check.detail}")
+        if not check.ok and check.fix:
+            click.echo(f"      {'':<{width}}  fix: {check.fix}")
+    failed = [c for c in checks if not c.ok and not c.optional]
+    if failed:
+        click.echo(f"{len(failed)} check(s) failed: the recorder would fall back to procfs polling.")
+        sys.exit(1)
+    click.echo("the full-fidelity recorder can run here.")
+
+
+__all__ = ["record", "doctor", "OmnitraceError"]

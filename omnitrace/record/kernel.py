@@ -1,0 +1,234 @@
+"""The kernel source: bcc loads bpf/omnitrace.bpf.c, one BPF ring buffer carries its records,
+and a poller thread turns them into timeline events.
+
+The traced set lives in the BPF map `traced` (tgids); the recorder seeds it with the command's pid
+before the command is allowed to exec, and the kernel grows it at fork. User space mirrors it into
+RecordContext so the other sources know which pids matter.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from omnitrace import events as ev
+from omnitrace.record import kernel_abi as abi
+from omnitrace.record.source import RecordContext, Source, SourceUnavailable
+
+BPF_DIR = Path(os.environ.get("OMNITRACE_BPF_DIR", Path(__file__).resolve().parents[2] / "bpf"))
+PROGRAM = "omnitrace.bpf.c"
+DEFAULT_RINGBUF_PAGES = 1024  # 4 MiB: about 18,000 records of slack between polls
+POLL_TIMEOUT_MS = 50
+TRACEPOINTS = [
+    "sched:sched_process_fork", "sched:sched_process_exec", "sched:sched_process_exit",
+    "syscalls:sys_enter_exit_group", "syscalls:sys_enter_clone", "syscalls:sys_enter_clone3",
+    "syscalls:sys_enter_wait4", "syscalls:sys_exit_wait4", "syscalls:sys_enter_waitid",
+    "syscalls:sys_exit_waitid", "signal:signal_generate", "signal:signal_deliver",
+    "task:task_rename", "oom:mark_victim",
+]
+TRACEFS = Path("/sys/kernel/tracing")
+
+
+def unavailable_reason() -> str | None:
+    """Why the BPF recorder cannot run here, or None when it can."""
+    if os.geteuid() != 0:
+        return "not root (BPF needs root or CAP_BPF+CAP_PERFMON): run under sudo"
+    if not (TRACEFS / "events").is_dir():
+        return f"tracefs is not mounted at {TRACEFS}: mount -t tracefs nodev {TRACEFS}"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "bcc is not importable: apt-get install python3-bpfcc (then make setup)"
+    if not (BPF_DIR / PROGRAM).is_file():
+        return f"BPF program {BPF_DIR / PROGRAM} is missing"
+    return None
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+class KernelSource(Source):
+    name = "kernel"
+
+    def __init__(self, trace_all: bool = False, ringbuf_pages: int = DEFAULT_RINGBUF_PAGES):
+        self.trace_all = trace_all
+        self.ringbuf_pages = ringbuf_pages
+        self._bpf = None
+        self._ctx: RecordContext | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._events = 0
+        self._lost = 0
+        self._last_drain_ts = 0
+
+    # -- life cycle -------------------------------------------------------------------------
+    def prepare(self, ctx: RecordContext) -> dict[str, str]:
+        reason = unavailable_reason()
+        if reason:
+            raise SourceUnavailable(reason)
+        from bcc import BPF
+        self._ctx = ctx
+        text = (BPF_DIR / PROGRAM).read_text()
+        try:
+            self._bpf = BPF(text=text, cflags=[f"-I{BPF_DIR}", f"-DRINGBUF_PAGES={self.ringbuf_pages}",
+                                                "-Wno-macro-redefined"])
+        except Exception as exc:  # bcc raises bare Exception on compile/attach failures
+            raise SourceUnavailable(f"bcc could not load {PROGRAM}: {exc}") from None
+        self._bpf["config"][ctypes.c_int(0)] = abi.RawConfig(trace_all=int(self.trace_all))
+        self._bpf["events"].open_ring_buffer(self._on_record)
+        ctx.trace_all = self.trace_all
+        self._last_drain_ts = _monotonic_ns()
+        return {}
+
+    def start(self, ctx: RecordContext) -> None:
+        self._thread = threading.Thread(target=self._poll_loop, name="kernel-poll", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        if self._bpf is not None:
+            self._bpf.ring_buffer_consume()
+            self._drain_lost()
+            self._bpf.cleanup()
+            self._bpf = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "bcc", "precision_ns": 1, "clock": "bpf_ktime_get_ns",
+                "tracepoints": TRACEPOINTS, "trace_all": self.trace_all,
+                "ringbuf_bytes": self.ringbuf_pages * 4096}
+
+    def counters(self) -> dict[str, int]:
+        return {"events": self._events, "lost": self._lost}
+
+    # -- the traced set ---------------------------------------------------------------------
+    def add_process(self, pid: int) -> None:
+        self._bpf["traced"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+        self._ctx.add_traced(pid)
+
+    def add_tree(self, root: int) -> list[int]:
+        """Follow an existing process, its descendants and their threads (for --attach)."""
+        try:
+            procs = [psutil.Process(root)]
+            procs += procs[0].children(recursive=True)
+        except psutil.Error as exc:
+            raise SourceUnavailable(f"cannot attach to pid {root}: {exc}") from None
+        added = []
+        owners = self._bpf["thread_owner"]
+        for proc in procs:
+            self.add_process(proc.pid)
+            added.append(proc.pid)
+            try:
+                for thread in proc.threads():
+                    if thread.id != proc.pid:
+                        owners[ctypes.c_uint32(thread.id)] = ctypes.c_uint32(proc.pid)
+            except psutil.Error:
+                pass
+        return added
+
+    # -- polling ----------------------------------------------------------------------------
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            self._bpf.ring_buffer_poll(POLL_TIMEOUT_MS)
+            self._drain_lost()
+
+    def _drain_lost(self) -> None:
+        per_cpu = self._bpf["lost"][ctypes.c_int(0)]
+        total = sum(v.count for v in per_cpu)
+        if total <= self._lost:
+            return
+        last = max(v.last_ts for v in per_cpu)
+        firsts = [v.first_ts for v in per_cpu if v.first_ts]
+        # The losses happened after the previous drain (and not before the first ever loss).
+        start = max(self._last_drain_ts, min(firsts) if firsts else 0)
+        self._ctx.emit(ev.Lost(t=start, source="kernel", count=total - self._lost, end=last))
+        self._lost = total
+        self._last_drain_ts = last
+
+    def _on_record(self, _ctx, data, _size) -> int:
+        raw = ctypes.cast(data, ctypes.POINTER(abi.RawEvent)).contents
+        event = self._decode(raw)
+        if event is not None:
+            self._events += 1
+            self._ctx.emit(event)
+        return 0
+
+    def _decode(self, raw: abi.RawEvent) -> ev.Event | None:
+        kind, t, ctx = raw.kind, raw.ts, self._ctx
+        if kind == abi.OT_FORK:
+            thread = bool(raw.flags & abi.OT_F_THREAD)
+            if not thread:
+                ctx.add_traced(raw.pid)
+                ctx.process_changed(raw.pid, "new")
+            return ev.Fork(t=t, pid=raw.pid, tid=raw.tid, ppid=raw.other_pid, comm=_text(raw.comm2),
+                           thread=thread)
+        if kind == abi.OT_EXEC:
+            ctx.process_changed(raw.pid, "exec")
+            return ev.Exec(t=t, pid=raw.pid, filename=_text(raw.filename), old_pid=raw.other_pid)
+        if kind == abi.OT_EXIT:
+            return ev.Exit(t=t, pid=raw.pid, tid=raw.tid, comm=_text(raw.comm),
+                           group_dead=bool(raw.flags & abi.OT_F_GROUP_DEAD))
+        if kind == abi.OT_EXIT_GROUP:
+            return ev.ExitGroup(t=t, pid=raw.pid, tid=raw.tid, code=raw.code & 0xFF)
+        if kind == abi.OT_REAP:
+            return self._decode_reap(raw)
+        if kind == abi.OT_SIGNAL_GEN:
+            return self._decode_signal_generate(raw)
+        if kind == abi.OT_SIGNAL_DLV:
+            disposition = ev.disposition_name(raw.handler)
+            if disposition == "default" and raw.sig in ev.FATAL_BY_DEFAULT:
+                ctx.fatal_signal(t, raw.pid)
+            return ev.SignalDeliver(t=t, pid=raw.pid, tid=raw.tid, signal=raw.sig, code=raw.code,
+                                    disposition=disposition)
+        if kind == abi.OT_RENAME:
+            ctx.process_changed(raw.pid, "rename")
+            return ev.Rename(t=t, pid=raw.pid, tid=raw.tid, oldcomm=_text(raw.comm),
+                             newcomm=_text(raw.comm2))
+        if kind == abi.OT_OOM_KILL:
+            return ev.OomKill(t=t, pid=raw.pid, comm=_text(raw.comm))
+        return None
+
+    def _decode_reap(self, raw: abi.RawEvent) -> ev.Reap:
+        known = bool(raw.flags & abi.OT_F_STATUS_KNOWN)
+        status = raw.code & 0xFFFF if known else None
+        exit_code = signal = None
+        core = False
+        if status is not None:
+            exit_code, signal, core = ev.decode_wait_status(status)
+        return ev.Reap(t=raw.ts, reaper=raw.other_pid, pid=raw.pid, status=status,
+                       exit_code=exit_code, signal=signal, core_dumped=core,
+                       syscall="waitid" if raw.flags & abi.OT_F_WAITID else "wait4")
+
+    def _decode_signal_generate(self, raw: abi.RawEvent) -> ev.SignalGenerate:
+        target = raw.pid or _tgid_of(raw.tid)
+        if target and raw.sig in (2, 9, 15) and self._ctx.is_traced(target):
+            self._ctx.fatal_signal(raw.ts, target)
+        return ev.SignalGenerate(
+            t=raw.ts, sender_pid=raw.other_pid, sender_tid=raw.other_tid,
+            sender_comm=_text(raw.comm2), target_pid=target, target_tid=raw.tid,
+            target_comm=_text(raw.comm), signal=raw.sig, code=raw.code,
+            group=bool(raw.flags & abi.OT_F_GROUP),
+            result=ev.SIGNAL_RESULTS.get(raw.result, str(raw.result)))
+
+
+def _tgid_of(tid: int) -> int:
+    """Best effort for a signal to a thread outside the traced set (it may be gone already)."""
+    try:
+        with open(f"/proc/{tid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return tid
+
+
+def _monotonic_ns() -> int:
+    import time
+    return time.monotonic_ns()
