@@ -10,6 +10,7 @@ a lost GPU must not end the recording of everything else.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any, Callable
@@ -17,6 +18,7 @@ from typing import Any, Callable
 from omnitrace.errors import OmnitraceError
 from omnitrace.events import GpuError, GpuMemory, GpuProcess
 from omnitrace.gpu import GpuBackend, GpuBackendError
+from omnitrace.gpu.sim import ENV_VAR as SIM_ENV_VAR
 from omnitrace.record.source import RecordContext, Source
 
 MEMORY_HZ = 200.0
@@ -144,8 +146,8 @@ class GpuSource(Source):
         before = time.monotonic_ns()
         try:
             used, total = self.backend.memory(device)
-        except GpuBackendError as exc:
-            self._error(before, device, "memory", str(exc))
+        except Exception as exc:  # noqa: BLE001 - any failure is evidence; a dead sampler is not
+            self._error(before, device, "memory", _message(exc))
             self._last_memory.pop(device, None)  # after recovery, the first value is news
             return
         t = (before + time.monotonic_ns()) // 2  # the value held somewhere inside the call
@@ -159,8 +161,8 @@ class GpuSource(Source):
         before = time.monotonic_ns()
         try:
             held = self.backend.processes(device)
-        except GpuBackendError as exc:
-            self._error(before, device, "processes", str(exc))
+        except Exception as exc:  # noqa: BLE001 - any failure is evidence; a dead sampler is not
+            self._error(before, device, "processes", _message(exc))
             return  # keep the last list: a failed query says nothing about who left
         t = (before + time.monotonic_ns()) // 2
         self._count["process_samples"] += 1
@@ -186,6 +188,10 @@ class GpuSource(Source):
         self._ctx.emit(event)
 
 
+def _message(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, GpuBackendError) else f"{type(exc).__name__}: {exc}"
+
+
 # --- choosing a backend ---
 
 def open_nvml() -> GpuBackend:
@@ -194,13 +200,14 @@ def open_nvml() -> GpuBackend:
 
 
 def open_sim() -> GpuBackend:
-    from omnitrace.gpu import sim
-    return sim.open_backend()
+    from omnitrace.gpu.sim import SimGpu
+    return SimGpu()  # the device named by OMNITRACE_SIM_GPU, as the testbed set it up
 
 
 def choose_backend(mode: str = "auto") -> tuple[GpuBackend | None, str]:
     """The backend for `--gpu auto|nvml|sim|off` and why it was chosen (the header keeps the why).
-    auto: NVML when it sees a GPU, else the simulated device when one is set up, else none. An
+    auto: NVML when it sees a GPU, else the simulated device when one is set up, else none
+    (simulated first when OMNITRACE_SIM_GPU is set, as omnitrace.gpu.alloc decides). An
     explicit nvml or sim that cannot open raises OmnitraceError."""
     if mode == "off":
         return None, "--gpu off"
@@ -213,7 +220,11 @@ def choose_backend(mode: str = "auto") -> tuple[GpuBackend | None, str]:
     if mode != "auto":
         raise OmnitraceError(f"--gpu {mode!r}: expected one of auto, nvml, sim, off")
     reasons = []
-    for name, opener in (("nvml", open_nvml), ("sim", open_sim)):
+    openers = [("nvml", open_nvml), ("sim", open_sim)]
+    if os.environ.get(SIM_ENV_VAR):
+        openers.reverse()  # the testbed's stages allocate there too (omnitrace.gpu.alloc)
+        reasons.append(f"{SIM_ENV_VAR} is set")
+    for name, opener in openers:
         try:
             backend = opener()
         except (GpuBackendError, ImportError) as exc:
