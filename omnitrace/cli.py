@@ -18,6 +18,8 @@ COMMANDS = [
     ("omnitrace.record.cli", "record"),
     ("omnitrace.record.cli", "doctor"),
     ("omnitrace.show", "show"),
+    ("omnitrace.export.cli", "export"),
+    ("omnitrace.export.cli", "report"),
     ("omnitrace.inject.cli", "inject"),
     ("omnitrace.inject.cli", "load"),
 ]
