@@ -1,0 +1,206 @@
+"""The health prober against real servers: each probe a span with its status or its failure kind,
+the URL discovered from the traced process's listening port and followed when it moves."""
+from __future__ import annotations
+
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from omnitrace.record.http import HealthProber, make_http_sources
+from omnitrace.record.otlp import OtlpReceiver
+from omnitrace.record.source import RecordContext
+from omnitrace.timeline import TimelineWriter, make_header, read_timeline
+
+# A server that turns unhealthy on SIGUSR1 and moves to a new port on SIGUSR2; it prints each port.
+SERVER = textwrap.dedent("""
+    import signal, threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    state = {"code": 200}
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"{}"
+            self.send_response(state["code"] if self.path == "/health" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+    def serve():
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        print(server.server_address[1], flush=True)
+        return server
+    servers = [serve()]
+    def unhealthy(*_):
+        state["code"] = 503
+    def move(*_):
+        old = servers[-1]
+        servers.append(serve())
+        old.shutdown()
+        old.server_close()
+    signal.signal(signal.SIGUSR1, unhealthy)
+    signal.signal(signal.SIGUSR2, move)
+    while True:
+        signal.pause()
+""")
+
+
+class Recording:
+    def __init__(self, tmp_path, source, root_pid=None):
+        self.path = tmp_path / "run.jsonl"
+        self.source = source
+        self.writer = TimelineWriter(self.path, make_header(["test"], {source.name: {}}))
+        self.ctx = RecordContext(emit=self.writer.append)
+        self.ctx.root_pid = root_pid
+        self.spans: list = []
+        self.ctx._emit = self._emit  # keep a live view for polling, and write as the recorder does
+
+    def _emit(self, event):
+        if event.kind == "span":
+            self.spans.append(event)
+        self.writer.append(event)
+
+    def __enter__(self):
+        self.source.prepare(self.ctx)
+        self.source.start(self.ctx)
+        return self
+
+    def finish(self):
+        self.source.stop()
+        if not self.writer._closed:
+            self.writer.close({self.source.name: self.source.counters()})
+        return read_timeline(self.path)
+
+    def __exit__(self, *exc):
+        self.finish()
+
+    def wait_for_span(self, predicate, timeout=30.0, what="a probe"):
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while time.monotonic() < deadline:
+            for span in self.spans[seen:]:
+                if predicate(span):
+                    return span
+            seen = len(self.spans)
+            time.sleep(0.01)
+        raise AssertionError(f"timed out waiting for {what}; last: {self.spans[-3:]}")
+
+
+@pytest.fixture
+def server():
+    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    proc.first_port = int(proc.stdout.readline())
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def status_of(span):
+    return span.attributes.get("http.response.status_code")
+
+
+def test_probes_see_200_turn_503_then_refused(tmp_path, server):
+    url = f"http://127.0.0.1:{server.first_port}/health"
+    with Recording(tmp_path, HealthProber(url)) as rec:
+        rec.wait_for_span(lambda s: status_of(s) == 200, what="a 200")
+        time.sleep(1.0)
+        server.send_signal(signal.SIGUSR1)
+        rec.wait_for_span(lambda s: status_of(s) == 503, what="a 503")
+        server.kill()
+        server.wait()
+        killed_t = time.monotonic_ns()
+        refused = rec.wait_for_span(lambda s: s.attributes.get("error.type") == "refused",
+                                    what="refused")
+        timeline = rec.finish()
+
+    spans = list(timeline.of_kind("span"))
+    assert all(s.source == "probe" and s.name == "GET" for s in spans)
+    assert all(s.attributes["url.full"] == url for s in spans)
+    assert all(s.attributes["omnitrace.request.kind"] == "health" for s in spans)
+    ok = [s for s in spans if status_of(s) == 200]
+    unhealthy = [s for s in spans if status_of(s) == 503]
+    assert ok and unhealthy and max(s.t for s in ok) < min(s.t for s in unhealthy)
+    assert all(s.status == "error" and s.attributes["error.type"] == "503" for s in unhealthy)
+    assert all(s.status == "unset" for s in ok)
+    # 20 Hz: the first refusal comes within a few periods of the kill (not half a second later).
+    assert refused.t - killed_t < 0.5e9
+    assert all(s.t <= s.end for s in spans)
+    # the one second of steady 200s holds about 20 probes (at least 10 on a loaded machine)
+    steady = [s for s in ok if s.t >= ok[0].t and s.t < ok[0].t + 1e9]
+    assert 10 <= len(steady) <= 22
+
+
+def test_a_server_that_never_answers_reads_as_timeout(tmp_path):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # the kernel completes the handshakes; nobody ever reads or answers
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/health"
+        with Recording(tmp_path, HealthProber(url, timeout_s=0.2)) as rec:
+            span = rec.wait_for_span(lambda s: True)
+    finally:
+        silent.close()
+    assert span.attributes["error.type"] == "timeout" and span.status == "error"
+    assert 0.2e9 <= span.end - span.t < 2e9
+    assert "http.response.status_code" not in span.attributes
+
+
+def test_a_connection_dropped_with_rst_reads_as_reset(tmp_path):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    stop = threading.Event()
+
+    def abort_every_connection():
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            conn.recv(1024)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # linger 0: the kernel answers with RST, as for a killed server
+
+    thread = threading.Thread(target=abort_every_connection, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/health"
+        with Recording(tmp_path, HealthProber(url)) as rec:
+            span = rec.wait_for_span(lambda s: True)
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+    assert span.attributes["error.type"] == "reset"
+
+
+def test_url_is_discovered_from_the_traced_server_and_followed_when_it_moves(tmp_path, server):
+    with Recording(tmp_path, HealthProber(None), root_pid=server.pid) as rec:
+        first = rec.wait_for_span(lambda s: status_of(s) == 200, what="a probe on the first port")
+        server.send_signal(signal.SIGUSR2)
+        second_port = int(server.stdout.readline())
+        moved = rec.wait_for_span(
+            lambda s: s.attributes["url.full"].endswith(f":{second_port}/health")
+            and status_of(s) == 200, what="a probe on the new port")
+        timeline = rec.finish()
+    assert first.attributes["url.full"] == f"http://127.0.0.1:{server.first_port}/health"
+    assert moved.t > first.t
+    found = [e.line for e in timeline.of_kind("log")]
+    assert len(found) == 2 and all(f"(pid {server.pid} listens there)" in line for line in found)
+    assert timeline.footer["health"]["servers_found"] == 2
+
+
+def test_wiring_gives_the_receiver_and_a_discovering_prober():
+    sources = make_http_sources(None)
+    assert [type(s) for s in sources] == [OtlpReceiver, HealthProber]
+    assert sources[1].discover
+    assert make_http_sources("http://127.0.0.1:1/health", otlp=False)[0].url.endswith(":1/health")
+    assert make_http_sources(None, health=False, otlp=False) == []
