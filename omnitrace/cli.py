@@ -18,6 +18,7 @@ COMMANDS = [
     ("omnitrace.record.cli", "record"),
     ("omnitrace.record.cli", "doctor"),
     ("omnitrace.show", "show"),
+    ("omnitrace.testbed.cli", "testbed"),
     ("omnitrace.export.cli", "export"),
     ("omnitrace.export.cli", "report"),
     ("omnitrace.inject.cli", "inject"),
