@@ -1,0 +1,164 @@
+"""Rebuild process lifetimes, GPU series, HTTP requests and marks from a Timeline in one pass.
+
+Events arrive sorted by time. Each handler updates the current incarnation of a pid; a fork of a
+pid whose last incarnation already exited starts a new Process (pid reuse).
+"""
+from __future__ import annotations
+
+import os
+
+from omnitrace.model.gpu import GpuUsage
+from omnitrace.model.http import request_from_span
+from omnitrace.model.marks import mark_from_span
+from omnitrace.model.model import Model
+from omnitrace.model.process import ParentChange, Process, SignalReceipt
+from omnitrace.timeline import Timeline
+
+
+class _Builder:
+    def __init__(self, timeline: Timeline):
+        self.model = Model(timeline)
+        self.current: dict[int, Process] = {}   # pid -> latest incarnation
+        self.gpu = GpuUsage()
+        self.model.gpu = self.gpu
+
+    # --- process table --------------------------------------------------------------------------
+    def _new(self, pid: int, start: int | None, ref: int | None) -> Process:
+        proc = Process(pid=pid, start=start, start_ref=ref)
+        self.current[pid] = proc
+        self.model.processes.append(proc)
+        return proc
+
+    def _get(self, pid: int) -> Process:
+        """The incarnation events about pid refer to; one that predates the recording if unseen."""
+        proc = self.current.get(pid)
+        if proc is None:
+            proc = self._new(pid, None, None)
+        return proc
+
+    def fork(self, i, e):
+        if e.thread:
+            return
+        old = self.current.get(e.pid)
+        if old is not None and old.exit_t is None and old.start is not None:
+            return  # a duplicate fork record: keep the first
+        proc = self._new(e.pid, e.t, i)
+        proc.parents.append(ParentChange(e.t, e.ppid, i))
+        if e.comm:
+            proc.names.append((e.t, e.comm))
+
+    def exec_(self, i, e):
+        proc = self._get(e.pid)
+        proc.execs.append((e.t, e.filename, i))
+        proc.names.append((e.t, os.path.basename(e.filename)[:15]))
+
+    def rename(self, i, e):
+        if e.tid == e.pid:  # setproctitle renames the main thread; worker threads' names are noise
+            self._get(e.pid).names.append((e.t, e.newcomm))
+
+    def exit(self, i, e):
+        if not e.group_dead:
+            return
+        proc = self._get(e.pid)
+        if proc.exit_t is not None:
+            return
+        proc.exit_t, proc.exit_ref = e.t, i
+        # Its live children are now orphans: the kernel re-parents them at this moment, to the
+        # nearest subreaper or init. Who exactly is filled in later from snapshots and reaps.
+        for child in self.model.children_of.get(e.pid, ()):
+            if child.exit_t is None and child.parents and child.parents[-1].ppid == e.pid:
+                child.parents.append(ParentChange(e.t, None, i, inferred=True))
+
+    def exit_group(self, i, e):
+        proc = self._get(e.pid)
+        proc.exit_group_code, proc.exit_group_ref = e.code, i
+
+    def reap(self, i, e):
+        proc = self.current.get(e.pid)
+        if proc is None or proc.reap_t is not None:
+            return
+        proc.reap_t, proc.reap_ref, proc.reaped_by = e.t, i, e.reaper
+        proc.reap_code, proc.reap_signal = e.exit_code, e.signal
+        if proc.parents and proc.parents[-1].ppid is None:
+            proc.parents[-1].ppid = e.reaper  # the reaper is the parent it was handed to
+
+    def signal_generate(self, i, e):
+        self._get(e.target_pid).signals.append(SignalReceipt(
+            e.t, e.signal, e.sender_pid, e.sender_comm, e.result, i))
+
+    def signal_deliver(self, i, e):
+        proc = self._get(e.pid)
+        for receipt in proc.signals:
+            if receipt.signal == e.signal and receipt.delivered_t is None:
+                receipt.delivered_t, receipt.disposition, receipt.deliver_ref = e.t, e.disposition, i
+                return
+        # Delivered without a generate we saw (sent before the recording, or lost): keep it.
+        proc.signals.append(SignalReceipt(e.t, e.signal, 0, "", "delivered", i, e.t, e.disposition, i))
+
+    def proc(self, i, e):
+        proc = self.current.get(e.pid)
+        if proc is None or (proc.reap_t is not None and proc.reap_t < e.t):
+            start = e.create_time if e.create_time is not None else None
+            proc = self._new(e.pid, start, None)
+        if e.name and (not proc.names or proc.names[-1][1] != e.name):
+            proc.names.append((e.t, e.name))
+        if e.cmdline:
+            proc.cmdline = list(e.cmdline)
+        proc.ports.update(e.ports)
+        proc.state = e.state
+        if e.state == "zombie" and proc.zombie_seen_t is None:
+            proc.zombie_seen_t = e.t
+        last = proc.parents[-1] if proc.parents else None
+        if last is None:
+            proc.parents.append(ParentChange(e.t, e.ppid, i))
+        elif last.ppid is None:
+            last.ppid = e.ppid      # confirms an inferred re-parenting
+        elif last.ppid != e.ppid:
+            proc.parents.append(ParentChange(e.t, e.ppid, i))  # seen by procfs only
+        self.model.index_child(proc)
+
+    def gpu_memory(self, i, e):
+        self.gpu.device_sample(e.device, e.t, e.used, e.total, i)
+
+    def gpu_process(self, i, e):
+        self.gpu.process_sample(e.device, e.pid, e.t, e.used, i)
+
+    def lost(self, i, e):
+        self.model.lost.append((e.t, e.end, e.source, e.count, i))
+
+    def span(self, i, e):
+        mark = mark_from_span(e, i)
+        if mark is not None:
+            self.model.marks.append(mark)
+            return
+        request = request_from_span(e, i)
+        if request is not None:
+            self.model.requests.append(request)
+
+
+def build_model(timeline: Timeline) -> Model:
+    """The model of one recording. Takes the Timeline object, never a path or a live recorder."""
+    builder = _Builder(timeline)
+    handlers = {
+        "fork": builder.fork, "exec": builder.exec_, "rename": builder.rename, "exit": builder.exit,
+        "exit_group": builder.exit_group, "reap": builder.reap,
+        "signal_generate": builder.signal_generate, "signal_deliver": builder.signal_deliver,
+        "proc": builder.proc, "gpu_memory": builder.gpu_memory, "gpu_process": builder.gpu_process,
+        "lost": builder.lost, "span": builder.span,
+    }
+    model = builder.model
+    index_child = model.index_child
+    for i, event in enumerate(timeline.events):
+        handler = handlers.get(event.kind)
+        if handler is not None:
+            handler(i, event)
+            if event.kind == "fork" and not event.thread:
+                index_child(builder.current[event.pid])
+    # Orphans nobody reaped and procfs never saw: the kernel hands them to init unless a subreaper
+    # claimed them; say init, and mark it inferred, rather than leave the parent unknown.
+    for proc in model.processes:
+        for change in proc.parents:
+            if change.ppid is None:
+                change.ppid = 1
+    model.finish()
+    return model

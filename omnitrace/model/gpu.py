@@ -1,0 +1,56 @@
+"""GPU memory over time: per device (what the driver says is in use) and per process."""
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Series:
+    """A step function: the value holds from one sample to the next."""
+    times: list[int] = field(default_factory=list)
+    values: list[int] = field(default_factory=list)
+    refs: list[int] = field(default_factory=list)
+
+    def add(self, t: int, value: int, ref: int) -> None:
+        self.times.append(t)
+        self.values.append(value)
+        self.refs.append(ref)
+
+    def at(self, t: int) -> tuple[int, int] | None:
+        """(value, ref) of the last sample at or before t."""
+        pos = bisect_right(self.times, t)
+        return (self.values[pos - 1], self.refs[pos - 1]) if pos else None
+
+    def samples_after(self, t: int):
+        pos = bisect_right(self.times, t)
+        return zip(self.times[pos:], self.values[pos:], self.refs[pos:])
+
+
+class GpuUsage:
+    def __init__(self) -> None:
+        self.devices: dict[int, Series] = {}
+        self.totals: dict[int, int] = {}
+        self.by_pid: dict[int, dict[int, Series]] = {}   # pid -> device -> bytes held
+
+    def device_sample(self, device: int, t: int, used: int, total: int, ref: int) -> None:
+        self.devices.setdefault(device, Series()).add(t, used, ref)
+        self.totals[device] = total
+
+    def process_sample(self, device: int, pid: int, t: int, used: int, ref: int) -> None:
+        self.by_pid.setdefault(pid, {}).setdefault(device, Series()).add(t, used, ref)
+
+    def holders(self) -> set[int]:
+        """Pids that held GPU memory at some point."""
+        return {pid for pid, devs in self.by_pid.items() if any(any(s.values) for s in devs.values())}
+
+    def held_at(self, pid: int, t: int) -> int:
+        total = 0
+        for series in self.by_pid.get(pid, {}).values():
+            sample = series.at(t)
+            if sample:
+                total += sample[0]
+        return total
+
+    def devices_of(self, pids: set[int]) -> set[int]:
+        return {dev for pid in pids for dev, s in self.by_pid.get(pid, {}).items() if any(s.values)}

@@ -1,0 +1,83 @@
+"""HTTP requests, from spans that follow the OpenTelemetry HTTP conventions (docs/marks.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omnitrace.events import Span
+
+# error.type values that mean the server was not there to answer (docs/marks.md)
+CONNECTION_ERRORS = frozenset({"refused", "reset", "closed", "connect_error", "ConnectError",
+                               "RemoteProtocolError", "ReadError"})
+TIMEOUTS = frozenset({"timeout", "ReadTimeout", "ConnectTimeout", "TimeoutException"})
+
+
+@dataclass(slots=True)
+class Request:
+    t: int
+    end: int | None          # None: still open when the client stopped (a hang)
+    kind: str                # health | chat | chat-stream | speech | other
+    method: str
+    path: str
+    status: int | None
+    error_type: str | None
+    openai_error: bool | None
+    source: str
+    ref: int
+
+    @property
+    def failed(self) -> bool:
+        """An answer the matrix counts as 'unavailable': 5xx or a connection error."""
+        return (self.status is not None and self.status >= 500) or (
+            self.status is None and self.error_type is not None and self.error_type not in TIMEOUTS)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def timed_out(self) -> bool:
+        return self.status is None and self.error_type in TIMEOUTS
+
+    def outcome(self) -> str:
+        if self.end is None:
+            return "no answer (still open)"
+        if self.status is not None:
+            return f"HTTP {self.status}"
+        return f"error {self.error_type or 'unknown'}"
+
+    def describe(self) -> str:
+        return f"{self.method} {self.path} ({self.kind})"
+
+
+def _kind(path: str, attrs: dict) -> str:
+    kind = attrs.get("omnitrace.request.kind")
+    if kind:
+        return str(kind)
+    if path.endswith("/health"):
+        return "health"
+    if "/chat/completions" in path:
+        return "chat"
+    if "/audio/speech" in path:
+        return "speech"
+    return "other"
+
+
+def request_from_span(span: Span, ref: int) -> Request | None:
+    attrs = span.attributes
+    method = attrs.get("http.request.method")
+    url = attrs.get("url.full") or ""
+    path = attrs.get("url.path")
+    if method is None and not url and path is None:
+        return None
+    if path is None:
+        rest = url.split("://", 1)[-1]
+        path = "/" + rest.split("/", 1)[1] if "/" in rest else "/"
+        path = path.split("?", 1)[0]
+    status = attrs.get("http.response.status_code")
+    end = span.end if span.end and span.end >= span.t else None
+    openai = attrs.get("omnitrace.response.openai_error")
+    return Request(t=span.t, end=end, kind=_kind(path, attrs), method=str(method or "GET"),
+                   path=path, status=int(status) if status is not None else None,
+                   error_type=attrs.get("error.type"),
+                   openai_error=bool(openai) if openai is not None else None,
+                   source=span.source, ref=ref)

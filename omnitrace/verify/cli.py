@@ -1,0 +1,77 @@
+"""`omnitrace verify` and `omnitrace matrix show`: parse, call, print."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from omnitrace.timeline import read_timeline
+from omnitrace.verify.engine import verify_timeline
+from omnitrace.verify.junit import to_junit
+from omnitrace.verify.matrix import load_matrix
+from omnitrace.verify.rules import RULES
+from omnitrace.verify.table import render
+
+MATRIX_HELP = "a matrix YAML file (default: the built-in vllm-omni matrix)"
+
+
+@click.command()
+@click.argument("timeline", type=click.Path(dir_okay=False))
+@click.option("--matrix", "matrix_file", metavar="FILE", help=MATRIX_HELP)
+@click.option("--scenario", "scenario_glob", metavar="GLOB",
+              help="check only scenarios whose id matches, e.g. 'under-load/*'")
+@click.option("--json", "json_out", metavar="OUT", help="write the JSON report here ('-' = stdout)")
+@click.option("--junit", "junit_out", metavar="OUT", help="write JUnit XML here")
+@click.option("--strict", is_flag=True, help="inconclusive verdicts fail too")
+@click.option("--lenient", is_flag=True, help="skip corrupt timeline lines instead of stopping")
+@click.option("-v", "--verbose", is_flag=True, help="show evidence for passing rules too")
+def verify(timeline, matrix_file, scenario_glob, json_out, junit_out, strict, lenient, verbose):
+    """Check TIMELINE against the fault-injection matrix.
+
+    Exit status: 0 all pass, 1 any failure (or inconclusive with --strict), 2 bad input."""
+    matrix = load_matrix(matrix_file)
+    report = verify_timeline(read_timeline(timeline, lenient=lenient), matrix, scenario_glob)
+    if json_out == "-":
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(render(report, verbose))
+        if json_out:
+            with open(json_out, "w", encoding="utf-8") as out:
+                json.dump(report.to_dict(), out, indent=2)
+    if junit_out:
+        with open(junit_out, "w", encoding="utf-8") as out:
+            out.write(to_junit(report, strict))
+    raise click.exceptions.Exit(report.exit_code(strict))
+
+
+@click.group()
+def matrix() -> None:
+    """The fault-injection matrix: rows, rules and thresholds."""
+
+
+@matrix.command("show")
+@click.option("--matrix", "matrix_file", metavar="FILE", help=MATRIX_HELP)
+@click.option("--json", "as_json", is_flag=True, help="print the rows as JSON")
+def show(matrix_file, as_json):
+    """Print the matrix: every row with its rules and thresholds."""
+    m = load_matrix(matrix_file)
+    if as_json:
+        click.echo(json.dumps({"matrix": m.name, "sources": m.sources, "rows": [
+            {"id": r.id, "load": r.load, "fault": r.fault, "target": r.target,
+             "observe_s": r.observe_s, "rules": r.rules, "thresholds": r.thresholds,
+             "behaviour": r.behaviour, "issues": r.issues} for r in m.rows]}, indent=2))
+        return
+    click.echo(f"matrix {m.name}: {m.description}  ({', '.join(m.sources)})")
+    for r in m.rows:
+        used = sorted({k for rule in r.rules for k in _rule_keys(rule)})
+        limits = ", ".join(f"{k}={r.thresholds[k]:g}" for k in used)
+        issues = f"  [{', '.join(r.issues)}]" if r.issues else ""
+        click.echo(f"\n{r.id}  (load={'yes' if r.load else 'no'}, fault={r.fault}, "
+                   f"target={r.target}, observe {r.observe_s:g} s){issues}")
+        click.echo(f"  {r.behaviour}")
+        click.echo(f"  rules: {', '.join(r.rules)}")
+        click.echo(f"  thresholds: {limits}")
+
+
+def _rule_keys(rule_id: str) -> tuple[str, ...]:
+    return RULES[rule_id].thresholds

@@ -1,0 +1,231 @@
+"""The fault-injection matrix as data: load, merge and validate the YAML (docs/verify.md).
+
+    matrix = load_matrix(None)            # the built-in vllm-omni matrix
+    matrix = load_matrix("mine.yaml")     # a file; `extends: vllm-omni` starts from the built-in
+
+Errors name the file, the path in the document (and its line) and what is wrong.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from omnitrace.errors import OmnitraceError
+from omnitrace.events import signal_name, signal_number
+from omnitrace.model.roles import RolePatterns
+from omnitrace.verify.rules import RULES, THRESHOLD_KEYS
+
+BUILTIN = "vllm-omni"
+TARGETS = ("worker", "serve", "all", "pattern", "gpu")
+ROW_KEYS = {"id", "load", "fault", "target", "pattern", "observe_s", "behaviour", "issues",
+            "thresholds", "rules"}
+TOP_KEYS = {"matrix", "description", "extends", "patterns", "thresholds", "rows"}
+
+
+class MatrixError(OmnitraceError):
+    def __init__(self, source: str, path: str, message: str, line: int | None = None):
+        where = f"{source}:{line}" if line else source
+        super().__init__(f"{where}: {path}: {message}" if path else f"{where}: {message}")
+
+
+@dataclass
+class Row:
+    id: str
+    load: bool
+    fault: str                 # a signal name ("SIGKILL") or "oom"
+    target: str                # worker | serve | all | pattern | gpu
+    rules: list[str]
+    thresholds: dict[str, float]
+    observe_s: float
+    behaviour: str = ""
+    issues: list[str] = field(default_factory=list)
+    pattern: str | None = None
+
+    @property
+    def signal(self) -> int | None:
+        return None if self.fault == "oom" else signal_number(self.fault)
+
+
+@dataclass
+class Matrix:
+    name: str
+    description: str
+    rows: list[Row]
+    patterns: RolePatterns
+    sources: list[str]
+
+    def row(self, row_id: str) -> Row | None:
+        return next((r for r in self.rows if r.id == row_id), None)
+
+    def observe_s(self, row_id: str) -> float | None:
+        row = self.row(row_id)
+        return row.observe_s if row else None
+
+
+def load_matrix(path: str | Path | None = None) -> Matrix:
+    """The built-in matrix (path None or "vllm-omni") or a user's file, validated."""
+    doc, source, lines = _read(path)
+    docs = [(doc, source, lines)]
+    seen = {source}
+    while docs[0][0].get("extends"):
+        parent = docs[0][0]["extends"]
+        if not isinstance(parent, str):
+            raise MatrixError(docs[0][1], "extends", "must be a matrix name or a file path",
+                              _line(docs[0][2], ["extends"]))
+        if parent != BUILTIN and not Path(parent).is_absolute() and docs[0][1] != BUILTIN:
+            parent = str(Path(docs[0][1]).parent / parent)
+        if parent in seen:
+            raise MatrixError(docs[0][1], "extends", f"{parent} extends itself in a cycle")
+        seen.add(parent)
+        docs.insert(0, _read(parent))
+    merged: dict[str, Any] = {"patterns": {}, "thresholds": {}, "rows": []}
+    for doc, source, lines in docs:
+        _merge(merged, doc, source, lines)
+    return merged["_matrix"]
+
+
+def _read(path) -> tuple[dict, str, Any]:
+    if path is None or str(path) == BUILTIN:
+        text = resources.files("omnitrace.data").joinpath(f"{BUILTIN}.yaml").read_text("utf-8")
+        source = BUILTIN
+    else:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise MatrixError(source, "", f"cannot read: {exc.strerror}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise MatrixError(source, "", f"not valid YAML: {getattr(exc, 'problem', exc)}",
+                          mark.line + 1 if mark else None) from None
+    if not isinstance(doc, dict):
+        raise MatrixError(source, "", "must be a mapping with `rows:` (see docs/verify.md)")
+    return doc, source, node
+
+
+def _line(node, path: list) -> int | None:
+    """The line of the YAML node at path (keys and list indexes), for error messages."""
+    for step in path:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == step), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+            node = node.value[step]
+        else:
+            return None
+        if node is None:
+            return None
+    return node.start_mark.line + 1 if node is not None else None
+
+
+class _Checker:
+    def __init__(self, source: str, node):
+        self.source, self.node = source, node
+
+    def fail(self, path: list, message: str):
+        text = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else p)
+                       for i, p in enumerate(path))
+        raise MatrixError(self.source, text, message, _line(self.node, path))
+
+    def keys(self, path, value, allowed):
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping, got {type(value).__name__}")
+        for key in value:
+            if key not in allowed:
+                self.fail(path + [key], f"unknown key; expected one of {', '.join(sorted(allowed))}")
+
+    def thresholds(self, path, value) -> dict[str, float]:
+        self.keys(path, value, THRESHOLD_KEYS)
+        for key, number in value.items():
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or number < 0:
+                self.fail(path + [key], f"must be a number >= 0, got {number!r}")
+        return {k: float(v) for k, v in value.items()}
+
+    def strings(self, path, value) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.fail(path, "must be a list of strings")
+        return list(value)
+
+
+def _merge(merged: dict, doc: dict, source: str, node) -> None:
+    check = _Checker(source, node)
+    check.keys([], doc, TOP_KEYS)
+    for role, value in (doc.get("patterns") or {}).items():
+        if role not in RolePatterns.__dataclass_fields__:
+            check.fail(["patterns", role], "unknown role; expected serve, worker, engine or helper")
+        merged["patterns"][role] = check.strings(["patterns", role], value)
+    merged["thresholds"].update(check.thresholds(["thresholds"], doc.get("thresholds") or {}))
+    rows = doc.get("rows") or []
+    if not isinstance(rows, list):
+        check.fail(["rows"], "must be a list of rows")
+    by_id = {r["id"]: r for r in merged["rows"]}
+    in_this_file: set[str] = set()
+    for n, raw in enumerate(rows):
+        path = ["rows", n]
+        check.keys(path, raw, ROW_KEYS)
+        if not isinstance(raw.get("id"), str) or not raw["id"]:
+            check.fail(path + ["id"], "every row needs an id (e.g. under-load/sigterm/serve)")
+        if raw["id"] in in_this_file:
+            check.fail(path + ["id"], f"row {raw['id']!r} appears twice in this file")
+        in_this_file.add(raw["id"])
+        if raw["id"] in by_id:       # an override: merge into the row it names
+            row = by_id[raw["id"]]
+            thresholds = {**row.get("thresholds", {}), **(raw.get("thresholds") or {})}
+            row.update(copy.deepcopy(raw))
+            row["thresholds"] = thresholds
+        else:
+            row = copy.deepcopy(raw)
+            merged["rows"].append(row)
+            by_id[row["id"]] = row
+        row["_path"], row["_check"] = path, check
+    merged["name"] = doc.get("matrix") or merged.get("name") or Path(source).stem
+    merged["description"] = doc.get("description") or merged.get("description", "")
+    merged.setdefault("sources", []).append(source)
+    merged["_matrix"] = Matrix(merged["name"], merged["description"],
+                               [_row(r, merged["thresholds"]) for r in merged["rows"]],
+                               RolePatterns(**merged["patterns"]), list(merged["sources"]))
+
+
+def _row(raw: dict, defaults: dict[str, float]) -> Row:
+    check, path = raw["_check"], raw["_path"]
+    for key in ("load", "fault", "target", "rules", "observe_s"):
+        if key not in raw:
+            check.fail(path + [key], "missing (a new row needs id, load, fault, target, rules, "
+                       "observe_s)")
+    if not isinstance(raw["load"], bool):
+        check.fail(path + ["load"], f"must be true or false, got {raw['load']!r}")
+    fault = raw["fault"]
+    if str(fault).lower() == "oom":
+        fault = "oom"
+    else:
+        try:
+            fault = signal_name(signal_number(fault))
+        except (ValueError, AttributeError):
+            check.fail(path + ["fault"], f"must be a signal (SIGKILL, TERM, 9) or oom, got {fault!r}")
+    if raw["target"] not in TARGETS:
+        check.fail(path + ["target"], f"must be one of {', '.join(TARGETS)}, got {raw['target']!r}")
+    if raw["target"] == "pattern" and not isinstance(raw.get("pattern"), str):
+        check.fail(path + ["pattern"], "target: pattern needs `pattern:` (a name substring)")
+    rules = check.strings(path + ["rules"], raw["rules"])
+    for i, rule in enumerate(rules):
+        if rule not in RULES:
+            check.fail(path + ["rules", i], f"unknown rule {rule!r}; known: {', '.join(RULES)}")
+    observe = raw["observe_s"]
+    if isinstance(observe, bool) or not isinstance(observe, (int, float)) or observe <= 0:
+        check.fail(path + ["observe_s"], f"must be a number of seconds > 0, got {observe!r}")
+    thresholds = {**defaults, **check.thresholds(path + ["thresholds"], raw.get("thresholds") or {})}
+    for i, rule in enumerate(rules):
+        missing = [k for k in RULES[rule].thresholds if k not in thresholds]
+        if missing:
+            check.fail(path + ["rules", i], f"rule {rule} needs threshold(s) {', '.join(missing)}")
+    return Row(id=raw["id"], load=raw["load"], fault=fault, target=raw["target"], rules=rules,
+               thresholds=thresholds, observe_s=float(observe), behaviour=str(raw.get("behaviour", "")),
+               issues=check.strings(path + ["issues"], raw.get("issues") or []),
+               pattern=raw.get("pattern"))

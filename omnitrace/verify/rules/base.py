@@ -1,0 +1,109 @@
+"""What every rule shares: the verdict, its evidence, and the context it checks.
+
+A rule is a module with RULE = Rule(id, title, thresholds, sources, check). check(ctx) returns a
+Result; the engine turns missing sources, and events of those sources lost inside the scenario's
+window, into "inconclusive" before calling it, so a rule only decides from evidence that exists. Composition takes the worst (Jepsen's checkers).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from omnitrace.model.model import Model
+from omnitrace.model.process import Process
+from omnitrace.model.scenarios import Scenario
+
+PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
+_RANK = {PASS: 0, INCONCLUSIVE: 1, FAIL: 2}
+
+# Sources a rule may rest on; a tuple means any one of them serves.
+PROCESSES = ("kernel", "procfs")
+KERNEL = ("kernel",)
+GPU = ("gpu",)
+HTTP = ("http", "otlp")
+
+
+def worst(verdicts) -> str:
+    return max(verdicts, key=_RANK.__getitem__, default=PASS)
+
+
+@dataclass
+class Evidence:
+    """One fact a verdict rests on, citing the event (index into timeline.events) it comes from."""
+    text: str
+    t: int | None = None
+    ref: int | None = None
+    pid: int | None = None
+
+
+@dataclass
+class Result:
+    verdict: str
+    measured: float | None = None
+    unit: str = "s"
+    summary: str = ""
+    evidence: list[Evidence] = field(default_factory=list)
+    threshold: float | None = None     # filled by the engine from the row unless the rule sets it
+
+
+@dataclass
+class Context:
+    model: Model
+    scenario: Scenario
+    thresholds: dict[str, float]
+
+    @property
+    def fault_t(self) -> int:
+        return self.scenario.fault_t
+
+    def at(self, t: int | None) -> str:
+        """A time as an engineer reads it: seconds after the fault."""
+        if t is None:
+            return "never"
+        return f"{(t - self.fault_t) / 1e9:+.2f} s"
+
+    def deadline(self, key: str) -> int:
+        return self.fault_t + int(self.thresholds[key] * 1e9)
+
+    @property
+    def end(self) -> int:
+        return self.scenario.end
+
+    def seconds(self, t: int) -> float:
+        return round((t - self.fault_t) / 1e9, 6)
+
+    def cite(self, text: str, t: int | None = None, ref: int | None = None,
+             proc: Process | None = None) -> Evidence:
+        return Evidence(text, t, ref, proc.pid if proc else None)
+
+    def window_too_short(self, key: str) -> Result | None:
+        """Inconclusive when the recording stops before the threshold is reached."""
+        if self.end < self.deadline(key):
+            return Result(INCONCLUSIVE, summary=f"the scenario window ends at {self.at(self.end)}, "
+                                                f"before the {self.thresholds[key]:g} s limit")
+        return None
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    title: str
+    thresholds: tuple[str, ...]          # the threshold keys it reads; the first one is reported
+    sources: tuple[tuple[str, ...], ...]  # each entry: one of these sources must have run
+    check: Callable[[Context], Result]
+    unit: str = "s"
+
+
+def fate(ctx: Context, proc: Process) -> str:
+    """How a process of the tree ended up, for evidence: 'pid 4123 VLLM::X re-parented to 1 at
+    +0.21 s, still alive at scenario end +35.00 s'."""
+    parts = [proc.label()]
+    for change in proc.parents[1:]:
+        if change.t >= ctx.fault_t:
+            how = "" if not change.inferred else " (its parent exited)"
+            parts.append(f"re-parented to {change.ppid} at {ctx.at(change.t)}{how}")
+    if proc.exit_t is None:
+        parts.append(f"still alive at scenario end {ctx.at(ctx.end)}")
+    else:
+        parts.append(f"exited at {ctx.at(proc.exit_t)}")
+    return ", ".join(parts)

@@ -1,0 +1,64 @@
+"""graceful-shutdown: after SIGTERM/SIGINT each target ran a handler (not the default action),
+exited by itself (exit_group, no killing signal) and with a clean status: 0 or 128+signal (what
+vLLM's handlers raise as SystemExit)."""
+from __future__ import annotations
+
+from omnitrace.events import signal_name
+from omnitrace.verify.rules.base import (FAIL, INCONCLUSIVE, KERNEL, PASS, Context, Result, Rule,
+                                         worst)
+
+
+def _one(ctx: Context, proc) -> tuple[str, str, int | None, int | None, float | None]:
+    """(verdict, why, t, ref, shutdown seconds) for one target."""
+    sig = ctx.scenario.signal
+    receipt = next((r for r in proc.signals if r.signal == sig and r.t >= ctx.fault_t - 1_000_000),
+                   None)
+    if receipt is None:
+        return INCONCLUSIVE, f"{proc.label()}: no {_name(sig)} to it was recorded", None, None, None
+    if receipt.disposition is None:
+        return (INCONCLUSIVE, f"{proc.label()}: {receipt.name} sent at {ctx.at(receipt.t)}, "
+                "its delivery was not recorded", receipt.t, receipt.ref, None)
+    if receipt.disposition != "handler":
+        return (FAIL, f"{proc.label()}: {receipt.name} took the {receipt.disposition} action at "
+                f"{ctx.at(receipt.delivered_t)}: no handler, no shutdown", receipt.delivered_t,
+                receipt.deliver_ref, None)
+    if proc.exit_t is None:
+        return (INCONCLUSIVE, f"{proc.label()}: handler ran at {ctx.at(receipt.delivered_t)} but "
+                "it did not exit in the window", receipt.delivered_t, receipt.deliver_ref, None)
+    took = (proc.exit_t - receipt.delivered_t) / 1e9
+    code, killer = proc.exit_status()
+    if killer is not None:
+        return (FAIL, f"{proc.label()}: handler ran, then it was killed by {_name(killer)} at "
+                f"{ctx.at(proc.exit_t)}", proc.exit_t, proc.exit_ref, took)
+    if code is None:
+        return (INCONCLUSIVE, f"{proc.label()}: exited at {ctx.at(proc.exit_t)}, exit status not "
+                "recorded", proc.exit_t, proc.exit_ref, took)
+    clean = code in (0, 128 + sig)
+    return (PASS if clean else FAIL, f"{proc.label()}: handler at {ctx.at(receipt.delivered_t)}, "
+            f"exited with status {code} at {ctx.at(proc.exit_t)}", proc.exit_t,
+            proc.exit_group_ref or proc.reap_ref or proc.exit_ref, took)
+
+
+def _name(sig: int | None) -> str:
+    return signal_name(sig) if sig else "signal"
+
+
+def check(ctx: Context) -> Result:
+    if ctx.scenario.signal not in (2, 15):
+        return Result(INCONCLUSIVE, summary="graceful shutdown applies to SIGTERM and SIGINT only")
+    targets = [p for p in ctx.scenario.targets() if p.alive_at(ctx.fault_t)]
+    if not targets:
+        return Result(INCONCLUSIVE, summary="no process the fault hit was alive at the fault")
+    outcomes = [_one(ctx, proc) + (proc,) for proc in targets]
+    verdict = worst(o[0] for o in outcomes)
+    durations = [o[4] for o in outcomes if o[4] is not None]
+    shown = [o for o in outcomes if o[0] == verdict] if verdict != PASS else outcomes
+    evidence = [ctx.cite(why, t, ref, proc) for _, why, t, ref, _, proc in shown]
+    summary = {PASS: "every target ran its handler and exited cleanly",
+               FAIL: "a target did not shut down gracefully",
+               INCONCLUSIVE: "the graceful path could not be confirmed"}[verdict]
+    return Result(verdict, max(durations) if durations else None, summary=summary, evidence=evidence)
+
+
+RULE = Rule("graceful-shutdown", "SIGTERM/SIGINT reach a handler, shutdown runs, exit is clean",
+            ("exit_s",), (KERNEL,), check)

@@ -1,0 +1,39 @@
+"""inflight-fail-fast: each request open at the fault ends with 5xx or a connection error within
+fail_fast_s. A 2xx is a request the fault did not interrupt; a client timeout or a request still
+open at the scenario's end is a hang."""
+from __future__ import annotations
+
+from omnitrace.verify.rules.base import FAIL, HTTP, INCONCLUSIVE, PASS, Context, Result, Rule
+
+
+def check(ctx: Context) -> Result:
+    open_at_fault = [r for r in ctx.model.requests if r.kind != "health" and r.t < ctx.fault_t
+                     and (r.end is None or r.end > ctx.fault_t)]
+    if not open_at_fault:
+        return Result(INCONCLUSIVE, summary="no request was in flight at the fault")
+    limit = ctx.deadline("fail_fast_s")
+    bad, good, ends = [], [], []
+    for r in open_at_fault:
+        if r.end is None or r.end > ctx.end:
+            bad.append(ctx.cite(f"{r.describe()} opened at {ctx.at(r.t)} still open at scenario "
+                                f"end {ctx.at(ctx.end)}: a hang", r.t, r.ref))
+            ends.append(ctx.end)
+            continue
+        ends.append(r.end)
+        text = f"{r.describe()} opened at {ctx.at(r.t)} ended {r.outcome()} at {ctx.at(r.end)}"
+        if not r.failed:
+            bad.append(ctx.cite(text + (": a hang" if r.timed_out else ": not failed"), r.end, r.ref))
+        elif r.end > limit:
+            bad.append(ctx.cite(text + ": too late", r.end, r.ref))
+        else:
+            good.append(ctx.cite(text, r.end, r.ref))
+    measured = ctx.seconds(max(ends))
+    if bad:
+        return Result(FAIL, measured, summary=f"{len(bad)} of {len(open_at_fault)} in-flight "
+                      "request(s) did not fail fast", evidence=bad)
+    return Result(PASS, measured, summary=f"{len(good)} in-flight request(s) failed fast",
+                  evidence=good)
+
+
+RULE = Rule("inflight-fail-fast", "requests in flight at the fault fail (5xx or connection "
+            "error) within the limit", ("fail_fast_s",), (HTTP,), check)

@@ -1,0 +1,43 @@
+"""no-zombies: every process of the tree that exited is reaped by residue_s after the fault.
+
+Reaps come from the kernel (wait4/waitid); without it, procfs seeing state "zombie" after the limit
+still proves a failure, but its absence proves nothing (a 0.5 s poll can miss one).
+"""
+from __future__ import annotations
+
+from omnitrace.verify.rules.base import FAIL, INCONCLUSIVE, PASS, PROCESSES, Context, Result, Rule
+from omnitrace.verify.rules.residue import tree_after_fault
+
+
+def check(ctx: Context) -> Result:
+    limit = ctx.deadline("residue_s")
+    if ctx.end < limit:
+        return Result(INCONCLUSIVE, summary=f"the window ends at {ctx.at(ctx.end)}, before the limit")
+    exited = [p for p in tree_after_fault(ctx) if p.exit_t is not None and p.exit_t <= limit]
+    if not exited:
+        return Result(INCONCLUSIVE, summary="no process of the tree exited by the limit")
+    if not ctx.model.source_ran("kernel"):
+        seen = [p for p in exited if p.zombie_seen_t is not None and p.zombie_seen_t > limit]
+        if seen:
+            return Result(FAIL, None, summary=f"{len(seen)} zombie(s) seen by procfs after the limit",
+                          evidence=[ctx.cite(f"{p.label()} a zombie at {ctx.at(p.zombie_seen_t)}",
+                                             p.zombie_seen_t, None, p) for p in seen])
+        return Result(INCONCLUSIVE, summary="reaps are recorded by the kernel source only")
+    unreaped = [p for p in exited if p.reap_t is None or p.reap_t > limit]
+    reaped = [p.reap_t for p in exited if p.reap_t is not None]
+    measured = ctx.seconds(max(reaped)) if reaped else None
+    if unreaped:
+        return Result(FAIL, measured, summary=f"{len(unreaped)} zombie(s) not reaped by the limit",
+                      evidence=[ctx.cite(f"{p.label()} exited at {ctx.at(p.exit_t)}, parent "
+                                         f"{p.parent_at(p.exit_t)}, "
+                                         + (f"reaped only at {ctx.at(p.reap_t)}" if p.reap_t
+                                            else "never reaped"), p.exit_t, p.exit_ref, p)
+                                for p in unreaped])
+    last = max(exited, key=lambda p: p.reap_t)
+    return Result(PASS, measured, summary=f"{len(exited)} exited process(es) all reaped",
+                  evidence=[ctx.cite(f"last reap: {last.label()} by {last.reaped_by} at "
+                                     f"{ctx.at(last.reap_t)}", last.reap_t, last.reap_ref, last)])
+
+
+RULE = Rule("no-zombies", "every exited process of the tree is reaped within the limit",
+            ("residue_s",), (PROCESSES,), check)
