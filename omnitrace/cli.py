@@ -18,6 +18,8 @@ COMMANDS = [
     ("omnitrace.record.cli", "record"),
     ("omnitrace.record.cli", "doctor"),
     ("omnitrace.show", "show"),
+    ("omnitrace.verify.cli", "verify"),
+    ("omnitrace.verify.cli", "matrix"),
     ("omnitrace.testbed.cli", "testbed"),
     ("omnitrace.export.cli", "export"),
     ("omnitrace.export.cli", "report"),
