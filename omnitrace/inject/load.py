@@ -2,7 +2,8 @@
 
 Open-loop arrivals at `rate` per second, at most `concurrency` requests in flight, `requests` in
 all. Each request ends with one reason: completed (2xx, body read; for streams the `[DONE]` event),
-4xx, 5xx, truncated (a stream that stopped without `[DONE]`), reset, refused or timeout. Span
+4xx, 5xx, truncated (a stream that stopped without `[DONE]`), reset, refused, timeout, or
+cancelled (the caller stopped the run while it was open). Span
 attributes follow OTel's HTTP conventions plus omnitrace.request.* (docs/marks.md), so the
 recorder's OTLP receiver turns them into evidence for the "requests fail fast" rules.
 """
@@ -22,7 +23,7 @@ from omnitrace.inject import marks
 
 KINDS = ("chat", "chat-stream", "speech", "mix")
 PROMPT = "Describe, in one paragraph, what a fault-injection matrix checks."
-END_REASONS = ("completed", "4xx", "5xx", "truncated", "reset", "refused", "timeout")
+END_REASONS = ("completed", "4xx", "5xx", "truncated", "reset", "refused", "timeout", "cancelled")
 
 
 @dataclass
@@ -114,10 +115,32 @@ class Load:
         return self.results
 
     def run_in_thread(self) -> threading.Thread:
-        thread = threading.Thread(target=lambda: asyncio.run(self.run()), name="omnitrace-load",
-                                  daemon=True)
+        """Run on a private event loop in a daemon thread; cancel() stops it from any thread."""
+        self._loop = asyncio.new_event_loop()
+        self._task = self._loop.create_task(asyncio.wait_for(self.run(), self.bound_s()))
+
+        def main() -> None:
+            try:
+                self._loop.run_until_complete(self._task)
+            except (asyncio.CancelledError, asyncio.TimeoutError):
+                pass
+            finally:
+                marks.flush_load()
+        thread = threading.Thread(target=main, name="omnitrace-load", daemon=True)
         thread.start()
         return thread
+
+    def cancel(self) -> None:
+        """End every request still open (their spans say `cancelled`)."""
+        loop = getattr(self, "_loop", None)
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._task.cancel)
+            except RuntimeError:  # the loop finished meanwhile
+                pass
+
+    def finished_any(self) -> bool:
+        return bool(self.results)
 
     async def _one(self, client: httpx.AsyncClient, index: int, kind: str) -> None:
         path, body = request_spec(kind, self.model)
@@ -143,11 +166,16 @@ class Load:
                 openai_error = _openai_error(tail) if status >= 400 else None
         except httpx.HTTPError as exc:
             reason = classify_error(exc)
-        end = time.monotonic()
-        self._note(in_flight=-1, streaming=0 if first else -1)
-        result = RequestResult(index, kind, path, start, end, status, reason, ttfb, nbytes, openai_error)
-        self.results.append(result)
-        _finish_span(span, result)
+        except asyncio.CancelledError:
+            reason = "cancelled"
+            raise
+        finally:
+            end = time.monotonic()
+            self._note(in_flight=-1, streaming=0 if first else -1)
+            result = RequestResult(index, kind, path, start, end, status, reason, ttfb, nbytes,
+                                   openai_error)
+            self.results.append(result)
+            _finish_span(span, result)
 
 
 def _reason_for(status: int, kind: str, tail: bytes) -> str:

@@ -1,0 +1,290 @@
+"""The scenario driver: one matrix row, start to finish, as the command of one recording.
+
+    omnitrace record -o row.jsonl -- python -m omnitrace.inject.scenario ROW --serve CMD ...
+
+Phases (each printed to stderr as `omnitrace-phase: NAME`, which the runner's live display reads):
+start the server and wait for /health 200; for load rows start load and wait until a request is in
+flight; inject (signal or OOM hog); observe until the outcome is settled or the row's window ends;
+then end the scenario mark and stop whatever is left, reporting it. Marks go over OTLP to the
+recorder (docs/marks.md). Every piece is bounded: requests time out, the hog holds for at most the
+window, and a signal to the driver moves it straight to clean-up.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+from opentelemetry.trace import Status, StatusCode
+
+from omnitrace.errors import OmnitraceError
+from omnitrace.events import signal_name
+from omnitrace.inject import marks, probes
+from omnitrace.inject.load import Load, summary_table
+from omnitrace.inject.server import Server, ServerFailed, child_env, expand, health_status
+from omnitrace.inject.signals import inject_signal
+
+SETTLE_GRACE_S = 1.0   # keep observing this long after the outcome settled (GPU release, probes)
+HEALTH_POLL_S = 0.25
+
+
+@dataclass
+class Plan:
+    row: str
+    fault: str              # SIGKILL | SIGTERM | SIGINT | oom
+    target: str             # worker | serve | all | pattern | gpu
+    load: bool
+    observe_s: float
+    serve: str
+    port: int
+    url: str
+    startup_timeout_s: float = 120.0
+    load_kind: str = "mix"
+    load_rate: float = 4.0
+    load_requests: int = 12
+    load_concurrency: int = 8
+    hog_ratio: float = 0.92
+
+
+@dataclass
+class Outcome:
+    row: str
+    phases: dict[str, float] = field(default_factory=dict)   # phase -> seconds since driver start
+    server_pid: int | None = None
+    fault_pids: list[int] = field(default_factory=list)
+    settled: bool = False
+    leftovers: list[str] = field(default_factory=list)
+    load: dict[str, int] = field(default_factory=dict)        # end reason -> count
+    probes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+class Interrupted(Exception):
+    pass
+
+
+class Driver:
+    def __init__(self, plan: Plan):
+        self.plan, self.t0 = plan, time.monotonic()
+        self.outcome = Outcome(plan.row)
+        self.server = Server(expand(plan.serve, plan.port), plan.url)
+        self.load: Load | None = None
+        self.load_thread: threading.Thread | None = None
+        self.hog: subprocess.Popen | None = None
+        self.unavailable = threading.Event()
+        self.probes_done = threading.Event()
+        self.stop = threading.Event()
+
+    def phase(self, name: str) -> None:
+        self.outcome.phases[name] = round(time.monotonic() - self.t0, 3)
+        print(f"omnitrace-phase: {name}", file=sys.stderr, flush=True)
+        if self.stop.is_set() and name not in ("cleanup", "done"):
+            raise Interrupted()
+
+    # ------------------------------------------------------------------------------------------
+    def run(self) -> Outcome:
+        p = self.plan
+        scenario = marks.tracer().start_span(marks.SCENARIO_SPAN, attributes=marks.clean(
+            marks.scenario_attributes(p.row, server_url=p.url)))
+        try:
+            self.phase("starting")
+            pid = self.server.start(child_env(OMNITRACE_SCENARIO=p.row, OMNITRACE_SERVER_URL=p.url))
+            self.outcome.server_pid = pid
+            scenario.set_attribute("omnitrace.server.pid", pid)
+            self.server.wait_healthy(p.startup_timeout_s)
+            self.phase("healthy")
+            if p.load:
+                self.start_load()
+            self.phase("injecting")
+            self.inject()
+            self.phase("observing")
+            self.outcome.settled = self.observe()
+        except (OmnitraceError, Interrupted) as exc:
+            self.outcome.error = str(exc) or "interrupted"
+            scenario.set_status(Status(StatusCode.ERROR, self.outcome.error))
+        finally:
+            scenario.end()        # the window closes before clean-up: its kills are not the fault's
+            marks.flush()
+            self.phase("cleanup")
+            self.cleanup()
+            self.phase("done")
+        return self.outcome
+
+    def start_load(self) -> None:
+        p = self.plan
+        self.phase("loading")
+        self.load = Load(p.url, p.load_kind, p.load_rate, p.load_requests, p.load_concurrency,
+                         timeout_s=probes.PROBE_TIMEOUT_S, scenario=p.row)
+        self.load_thread = self.load.run_in_thread()
+        # A streaming request that has its first byte is certainly being served right now.
+        if not self.load.wait_until(lambda l: l.streaming >= 1 or l.finished_any(), 30):
+            raise ServerFailed("no load request got an answer within 30 s of starting load")
+
+    def inject(self) -> None:
+        p = self.plan
+        self.server.remember_tree()
+        if p.fault == "oom":
+            self.start_hog()
+            return
+        fault = inject_signal(self.outcome.server_pid, p.target, p.fault, scenario=p.row,
+                              server_url=p.url)
+        self.outcome.fault_pids = fault.pids
+
+    def start_hog(self) -> None:
+        from omnitrace.gpu import alloc
+        devices = ",".join(str(d) for d in range(alloc.device_count()))
+        env = child_env(OMNITRACE_SCENARIO=self.plan.row, OMNITRACE_SERVER_URL=self.plan.url,
+                        OMNITRACE_SERVER_PID=str(self.outcome.server_pid))
+        self.hog = subprocess.Popen(
+            [sys.executable, "-m", "omnitrace.inject", "oom", "--devices", devices,
+             "--ratio", str(self.plan.hog_ratio), "--hold", str(self.plan.observe_s + 30)],
+            stdout=subprocess.PIPE, text=True, env=env)
+        line = self.hog.stdout.readline().strip()  # READY or ERROR comes first
+        if not line.startswith("READY"):
+            raise ServerFailed(f"the OOM hog did not start: {line or 'no output'}")
+        self.outcome.fault_pids = [self.hog.pid]
+
+    # ------------------------------------------------------------------------------------------
+    def observe(self) -> bool:
+        """Poll until the row's outcome is settled (then a short grace) or the window ends."""
+        p = self.plan
+        watchers = [threading.Thread(target=self.watch_health, daemon=True)]
+        if p.target in ("worker", "gpu") or p.fault == "oom":
+            watchers.append(threading.Thread(target=self.run_probes, daemon=True))
+        else:
+            self.probes_done.set()
+        for w in watchers:
+            w.start()
+        deadline = self.t0 + self.outcome.phases["observing"] + p.observe_s
+        settled_at = None
+        while time.monotonic() < deadline and not self.stop.is_set():
+            self.server.remember_tree()
+            if settled_at is None and self.settled():
+                settled_at = time.monotonic()
+            if settled_at is not None and time.monotonic() - settled_at >= SETTLE_GRACE_S:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def settled(self) -> bool:
+        load_done = self.load_thread is None or not self.load_thread.is_alive()
+        if not load_done or not self.probes_done.is_set():
+            return False
+        if self.plan.target in ("serve", "all"):
+            return not self.server.alive()
+        targets_gone = all(pid not in {p.pid for p in self.server.alive()}
+                           for pid in self.outcome.fault_pids) or self.plan.fault == "oom"
+        return targets_gone and self.unavailable.is_set()
+
+    def watch_health(self) -> None:
+        while not self.stop.is_set() and not self.unavailable.is_set():
+            if health_status(self.plan.url) != 200:
+                self.unavailable.set()
+            time.sleep(HEALTH_POLL_S)
+
+    def run_probes(self) -> None:
+        """Worker kill: one request at a time until one fails, then 4 at once (upstream's check).
+        OOM: one chat and one speech request, which must answer >= 500."""
+        try:
+            url, row = self.plan.url, self.plan.row
+            if self.plan.fault == "oom":
+                for kind in ("chat", "speech"):
+                    self.note_probes(probes.probe(url, kind, scenario=row))
+                return
+            deadline = time.monotonic() + 31
+            while time.monotonic() < deadline and not self.stop.is_set():
+                results = probes.probe(url, "chat", scenario=row)
+                self.note_probes(results)
+                if any(probes.failed(r) for r in results):
+                    break
+                time.sleep(0.5)
+            self.note_probes(probes.probe(url, "chat", count=4, scenario=row))
+        finally:
+            self.probes_done.set()
+
+    def note_probes(self, results) -> None:
+        self.outcome.probes += [f"{r.kind}:{r.status or r.end_reason}:{r.duration_s:.3f}s"
+                                for r in results]
+
+    # ------------------------------------------------------------------------------------------
+    def cleanup(self) -> None:
+        self.stop.set()
+        if self.hog is not None and self.hog.poll() is None:
+            self.hog.terminate()
+            try:
+                self.hog.wait(5)
+            except subprocess.TimeoutExpired:
+                self.hog.kill()
+                self.hog.wait()
+        if self.load is not None:
+            self.load.cancel()
+            self.load_thread.join(10)
+            counts: dict[str, int] = {}
+            for r in self.load.results:
+                counts[r.end_reason] = counts.get(r.end_reason, 0) + 1
+            self.outcome.load = counts
+            print(summary_table(self.load.results), file=sys.stderr)
+        # Serve and all rows: anything alive now outlived the window, a leftover. Worker and OOM
+        # rows leave a (correctly) degraded server running: stopping it is not a finding, only
+        # what survives its SIGTERM is.
+        expected_gone = self.plan.target in ("serve", "all")
+        before = [f"{p.pid} {p.name()}" for p in self.server.alive()] if expected_gone else []
+        killed = self.server.stop()
+        self.outcome.leftovers = before or killed
+        for line in self.outcome.leftovers:
+            print(f"omnitrace: leftover process {line} (killed)", file=sys.stderr, flush=True)
+
+
+def parse(argv: list[str]) -> tuple[Plan, str | None]:
+    ap = argparse.ArgumentParser(prog="python -m omnitrace.inject.scenario",
+                                 description="Run one matrix row against a server command.")
+    ap.add_argument("row")
+    ap.add_argument("--fault", required=True, help="SIGKILL, SIGTERM, SIGINT or oom")
+    ap.add_argument("--target", required=True)
+    ap.add_argument("--load", action="store_true")
+    ap.add_argument("--observe", type=float, required=True, help="the row's window, seconds")
+    ap.add_argument("--serve", required=True, help="server command; {port} is replaced")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--url", default=None)
+    ap.add_argument("--startup-timeout", type=float, default=120.0)
+    ap.add_argument("--load-kind", default="mix")
+    ap.add_argument("--report", default=None, help="write the outcome as JSON here")
+    a = ap.parse_args(argv)
+    url = (a.url or "http://127.0.0.1:{port}").replace("{port}", str(a.port))
+    plan = Plan(a.row, a.fault, a.target, a.load, a.observe, a.serve, a.port, url,
+                startup_timeout_s=a.startup_timeout, load_kind=a.load_kind)
+    return plan, a.report
+
+
+def main(argv: list[str] | None = None) -> int:
+    plan, report = parse(sys.argv[1:] if argv is None else argv)
+    driver = Driver(plan)
+
+    def interrupt(signum, _frame):
+        if not driver.stop.is_set():  # the first signal starts clean-up; later ones wait for it
+            driver.stop.set()
+            raise Interrupted(f"interrupted by {signal_name(signum)}")
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        outcome = driver.run()
+    except Interrupted as exc:
+        driver.outcome.error = str(exc)
+        outcome = driver.outcome
+    if report:
+        with open(report, "w") as f:
+            json.dump(asdict(outcome), f, indent=1)
+    if outcome.error:
+        print(f"omnitrace: {plan.row}: {outcome.error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Starting the server under test, waiting for its health, and making sure nothing of it is left.
+
+The server gets its own session, so the terminal's Ctrl+C reaches the runner, which then stops the
+server on purpose, instead of the server taking a SIGINT that no matrix row asked for.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import psutil
+
+from omnitrace.errors import OmnitraceError
+
+
+class ServerFailed(OmnitraceError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def expand(cmd: str, port: int) -> list[str]:
+    return shlex.split(cmd.replace("{port}", str(port)))
+
+
+def health_status(url: str, timeout_s: float = 1.0) -> int | None:
+    """GET /health's status, or None when nothing answered."""
+    try:
+        return httpx.get(url.rstrip("/") + "/health", timeout=timeout_s).status_code
+    except httpx.HTTPError:
+        return None
+
+
+@dataclass
+class Server:
+    argv: list[str]
+    url: str
+    proc: subprocess.Popen | None = None
+    seen: dict[int, psutil.Process] = field(default_factory=dict)  # every tree member ever seen
+
+    def start(self, env: dict[str, str] | None = None) -> int:
+        self.proc = subprocess.Popen(self.argv, start_new_session=True, env=env)
+        self.seen[self.proc.pid] = psutil.Process(self.proc.pid)
+        return self.proc.pid
+
+    def wait_healthy(self, timeout_s: float) -> float:
+        """Seconds until /health said 200; ServerFailed if it exits or the deadline passes."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            if self.proc.poll() is not None:
+                raise ServerFailed(f"the server exited with status {self.proc.returncode} before "
+                                   f"{self.url}/health answered 200: `{shlex.join(self.argv)}`")
+            if health_status(self.url) == 200:
+                self.remember_tree()
+                return time.monotonic() - t0
+            time.sleep(0.1)
+        raise ServerFailed(f"{self.url}/health did not answer 200 within {timeout_s:.0f} s; "
+                           f"check the server command or raise --startup-timeout")
+
+    def remember_tree(self) -> None:
+        """Add the current descendants; orphans re-parented away are still known by pid."""
+        try:
+            for child in psutil.Process(self.proc.pid).children(recursive=True):
+                self.seen.setdefault(child.pid, child)
+        except psutil.NoSuchProcess:
+            pass
+
+    def alive(self) -> list[psutil.Process]:
+        """Seen members still running (a zombie has exited: it counts as gone)."""
+        out = []
+        for proc in self.seen.values():
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    out.append(proc)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+    def stop(self, term_grace_s: float = 5.0) -> list[str]:
+        """Stop everything left: SIGTERM to the root, then SIGKILL to any member still running.
+        Returns a description of each process that needed the SIGKILL."""
+        self.remember_tree()
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(term_grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        killed = []
+        for proc in self.alive():
+            try:
+                killed.append(f"{proc.pid} {proc.name()}")
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(list(self.seen.values()), timeout=5)
+        if self.proc:
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        return killed
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({k: v for k, v in extra.items() if v is not None})
+    return env
