@@ -20,5 +20,9 @@ bench: setup
 doctor: setup
 	$(VENV)/bin/omnitrace doctor
 
+# The GPU proof behind docs/performance.md (needs an NVIDIA GPU; see scripts/gpu-check.sh).
+gpu-check:
+	scripts/gpu-check.sh
+
 clean:
 	rm -rf $(VENV) build *.egg-info
