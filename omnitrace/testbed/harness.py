@@ -1,0 +1,109 @@
+"""Start a testbed as a child process and always clean it up: for tests, the demo and the matrix
+runner.
+
+    with running_testbed(["--defect", "orphan-stages"], sim_dir=tmp) as tb:
+        tb.url, tb.pid, tb.stage_pids, tb.tree_pids(), tb.log()
+
+The testbed runs in its own session, so cleanup can kill its process group even after the root
+died; pids seen in the tree are also killed one by one, since a stage could have left the group.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from omnitrace.gpu import sim
+
+READY = re.compile(r"READY (\S+) pid=(\d+) stages=([\d,]+) gpu=(\S+)")
+
+
+class Testbed:
+    def __init__(self, args: list[str], sim_dir: str | os.PathLike, ready_timeout_s: float = 30.0):
+        self.sim_dir = str(sim_dir)
+        env = {**os.environ, sim.ENV_VAR: self.sim_dir, "PYTHONUNBUFFERED": "1"}
+        self._log_file = tempfile.TemporaryFile(mode="w+")
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "omnitrace.cli", "testbed", "serve", "--port", "0", *args],
+            stdout=subprocess.PIPE, stderr=self._log_file, text=True, env=env,
+            start_new_session=True)
+        self.seen: dict[int, float] = {}     # pid -> create time, so a reused pid is spared
+        self.ready_s = self._wait_ready(ready_timeout_s)
+
+    def _wait_ready(self, timeout_s: float) -> float:
+        box: dict = {}
+
+        def read():   # readline blocks; a thread keeps the deadline honest
+            for line in self.proc.stdout:
+                if m := READY.match(line):
+                    box["m"] = m
+                    return
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout_s)
+        if "m" not in box:
+            self.stop()
+            raise RuntimeError(f"testbed not ready within {timeout_s} s; log:\n{self.log()}")
+        m = box["m"]
+        self.url, self.pid = m.group(1), int(m.group(2))
+        self.stage_pids = [int(p) for p in m.group(3).split(",")]
+        self.gpu = m.group(4)
+        self.tree_pids()
+        return time.monotonic() - self.started_at
+
+    def tree_pids(self) -> list[int]:
+        """Root and its descendants as psutil sees them now (stages re-parented away are not)."""
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root] + root.children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                self.seen.setdefault(p.pid, p.create_time())
+        return [p.pid for p in procs]
+
+    def log(self) -> str:
+        self._log_file.seek(0)
+        return self._log_file.read()
+
+    def stop(self) -> None:
+        """Kill everything this testbed ever had, and reap the root."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for pid, created in self.seen.items():
+            with contextlib.suppress(psutil.Error):
+                p = psutil.Process(pid)
+                if p.create_time() == created:
+                    p.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        self.proc.stdout.close()
+
+
+@contextlib.contextmanager
+def running_testbed(args: list[str] = (), sim_dir: str | os.PathLike | None = None,
+                    ready_timeout_s: float = 30.0):
+    with contextlib.ExitStack() as stack:
+        if sim_dir is None:
+            sim_dir = stack.enter_context(tempfile.TemporaryDirectory(dir=_shm()))
+        Path(sim_dir).mkdir(parents=True, exist_ok=True)
+        tb = Testbed(list(args), sim_dir, ready_timeout_s)
+        try:
+            yield tb
+        finally:
+            tb.stop()
+
+
+def _shm() -> str | None:
+    return "/dev/shm" if os.access("/dev/shm", os.W_OK) else None

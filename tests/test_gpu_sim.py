@@ -1,0 +1,144 @@
+"""The simulated GPU device: memory counted per live process, released a delay after death, OOM."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from omnitrace.gpu import GpuOutOfMemory, sim
+
+GiB = 1 << 30
+
+
+@pytest.fixture
+def device(tmp_path):
+    return sim.SimGpu(sim.ensure_device(tmp_path / "gpu", device_count=2, capacity_bytes=8 * GiB))
+
+
+@pytest.fixture
+def holder(device):
+    """Start processes that allocate on the device and hold it; killed at the end regardless."""
+    procs = []
+
+    def start(nbytes: int, device_index: int = 0, delay_s: float | None = None):
+        code = ("import sys, time; from omnitrace.gpu.sim import SimGpu; "
+                f"SimGpu({str(device.path)!r}).allocate({device_index}, {nbytes}, {delay_s!r}); "
+                "print('READY', flush=True); time.sleep(600)")
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        procs.append(p)
+        assert p.stdout.readline().strip() == "READY"
+        return p
+    try:
+        yield start
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def wait_until(predicate, timeout_s: float, step_s: float = 0.002) -> float:
+    """Seconds until predicate() held; fails the test at the deadline."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout_s:
+            pytest.fail(f"condition not met within {timeout_s} s")
+        time.sleep(step_s)
+    return time.monotonic() - start
+
+
+def test_allocation_counts_for_its_live_owner(device, holder):
+    p = holder(3 * GiB, device_index=1)
+    assert device.memory(1) == (3 * GiB, 8 * GiB)
+    assert device.processes(1) == {p.pid: 3 * GiB}
+    assert device.processes(0) == {}
+    assert device.device_count() == 2
+
+
+def test_allocation_beyond_capacity_fails_like_cuda_oom(device, holder):
+    holder(6 * GiB)
+    with pytest.raises(GpuOutOfMemory, match="CUDA out of memory"):
+        device.allocate(0, 3 * GiB)
+    assert device.free_memory(0) == (2 * GiB, 8 * GiB)
+    device.allocate(0, 2 * GiB).free()   # what fits still fits
+
+
+def test_free_releases_at_once(device):
+    a = device.allocate(0, GiB)
+    assert device.processes(0) == {os.getpid(): GiB}
+    a.free()
+    assert device.memory(0)[0] == 0
+
+
+def test_memory_released_about_the_delay_after_sigkill(device, holder):
+    p = holder(GiB)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    # the first reader to see it dead starts the 100 ms clock
+    assert device.memory(0)[0] == GiB
+    released = wait_until(lambda: device.memory(0)[0] == 0, 2.0)
+    assert 0.08 <= released <= 0.5
+
+
+def test_release_delay_is_per_allocation(device, holder):
+    slow, fast = holder(GiB, delay_s=1.0), holder(2 * GiB)
+    for p in (slow, fast):
+        p.kill()
+        p.wait()
+    device.memory(0)
+    wait_until(lambda: device.memory(0)[0] == GiB, 0.8)
+    assert device.processes(0) == {slow.pid: GiB}
+    released = wait_until(lambda: device.memory(0)[0] == 0, 2.0)
+    assert released >= 0.5
+
+
+def test_zombie_memory_is_released_before_reaping(device, holder):
+    p = holder(GiB)
+    os.kill(p.pid, signal.SIGKILL)
+    wait_until(lambda: open(f"/proc/{p.pid}/stat").read().split(") ")[1][0] == "Z", 5.0)
+    wait_until(lambda: device.memory(0)[0] == 0, 2.0)
+    assert os.path.exists(f"/proc/{p.pid}")   # still an unreaped zombie
+
+
+def test_reused_pid_does_not_inherit_memory(device):
+    # An entry whose recorded start time is not this process's: a previous owner of the pid.
+    (device.path / "0" / f"{os.getpid()}-1-{GiB}-100-deadbeef").touch()
+    assert device.memory(0)[0] == GiB          # counted for the release delay after it was seen gone
+    wait_until(lambda: device.memory(0)[0] == 0, 2.0)
+
+
+def test_reader_is_cheap_enough_for_200_hz(device, holder):
+    for _ in range(4):
+        holder(GiB)
+    n = 200
+    start = time.perf_counter()
+    for _ in range(n):
+        device.memory(0)
+        device.processes(0)
+    per_poll = (time.perf_counter() - start) / n
+    assert per_poll < 0.002, f"{per_poll * 1e6:.0f} us per poll"
+
+
+def test_missing_device_says_how_to_make_one(tmp_path):
+    from omnitrace.gpu import GpuBackendError
+    with pytest.raises(GpuBackendError, match="testbed serve"):
+        sim.SimGpu(tmp_path / "nothing")
+
+
+def test_alloc_api_uses_the_device_named_by_the_environment(device, monkeypatch):
+    from omnitrace.gpu import alloc
+    monkeypatch.setenv(sim.ENV_VAR, str(device.path))
+    alloc.kind.cache_clear()
+    alloc._sim.cache_clear()
+    try:
+        assert alloc.kind() == "sim"
+        handle = alloc.allocate(1, GiB)
+        assert alloc.free_memory(1) == (7 * GiB, 8 * GiB)
+        handle.free()
+        assert alloc.device_count() == 2
+    finally:
+        alloc.kind.cache_clear()
+        alloc._sim.cache_clear()
