@@ -20,11 +20,15 @@ from omnitrace.events import (Event, Exit, Fork, GpuMemory, GpuProcess, Lost, Pr
 from omnitrace.model.http import request_from_span
 from omnitrace.model.marks import mark_from_span
 
+# The recorder's source names (omnitrace/record/*.py `name`): their lost counters start at 0.
+RECORDER_SOURCES = ("kernel", "procfs", "gpu", "health", "otlp")
+
 
 class LiveMetrics:
     """Serves the recording's running totals on http://host:port/metrics."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 9464, sources: tuple[str, ...] = ()):
+    def __init__(self, host: str = "127.0.0.1", port: int = 9464,
+                 sources: tuple[str, ...] = RECORDER_SOURCES):
         """sources: the recorder's source names, so their lost-event counters read 0 from the
         start instead of appearing only at the first loss."""
         self.host, self.port = host, port

@@ -24,14 +24,21 @@ _TO_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "secon
                "second": 1.0, "min": 60.0}
 _TO_BYTES = {"B": 1, "bytes": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 
-# The figures the run-overview dashboard plots, by the word in the rule id that names them.
-# A rule whose id matches none is still exported through the generic rule_measured families.
-NAMED_FIGURES = (
-    ("gpu", "omnitrace_gpu_release_latency_seconds", "GPU memory back to baseline after the fault"),
-    ("exit", "omnitrace_exit_latency_seconds", "Processes of the tree gone after the fault"),
-    ("orphan", "omnitrace_orphan_processes", "Processes of the tree left running after the fault"),
-    ("hung", "omnitrace_hung_requests", "HTTP requests that neither finished nor failed in time"),
-)
+# The figures the run-overview dashboard plots, by verify's rule id (omnitrace/verify/rules/).
+# Latencies are the rule's measured seconds. Counts are the processes or requests the rule failed
+# on: verify cites exactly those as evidence (one item each), and a passing rule has none.
+LATENCIES = {
+    "target-exits": ("omnitrace_exit_latency_seconds",
+                     "Seconds from the fault until the processes it hit had exited"),
+    "gpu-released": ("omnitrace_gpu_release_latency_seconds",
+                     "Seconds from the fault until GPU memory was back to the baseline"),
+}
+COUNTS = {
+    "no-residue": ("omnitrace_orphan_processes",
+                   "Processes of the server's tree still alive after the limit"),
+    "inflight-fail-fast": ("omnitrace_hung_requests",
+                           "Requests in flight at the fault that did not fail fast (hung or answered)"),
+}
 
 
 def export_verdicts(report: Any, textfile: str | None = None, pushgateway: str | None = None,
@@ -74,8 +81,8 @@ def verdict_registry(data: dict[str, Any], run_id: str) -> CollectorRegistry:
                      [*SCENARIO_LABELS, "rule", "unit"], registry=registry)
     threshold = Gauge("omnitrace_rule_threshold", "A rule's limit (not a time)",
                       [*SCENARIO_LABELS, "rule", "unit"], registry=registry)
-    named = {word: Gauge(name, doc, [*SCENARIO_LABELS, "rule"], registry=registry)
-             for word, name, doc in NAMED_FIGURES}
+    named = {rule: Gauge(name, doc, [*SCENARIO_LABELS, "rule"], registry=registry)
+             for rule, (name, doc) in {**LATENCIES, **COUNTS}.items()}
     run_scenarios = Gauge("omnitrace_run_scenarios", "Scenarios of the run by verdict",
                           ["run_id", "verdict"], registry=registry)
     run_time = Gauge("omnitrace_run_timestamp_seconds", "When the run was recorded (Unix time)",
@@ -119,6 +126,9 @@ def _worst(verdicts) -> str:
 
 
 def _figure(rule, labels, measured_s, threshold_s, measured, threshold, named) -> None:
+    if labels["rule"] in COUNTS and rule.get("verdict") in ("pass", "fail"):
+        failed_on = len(rule.get("evidence") or []) if rule["verdict"] == "fail" else 0
+        named[labels["rule"]].labels(**labels).set(failed_on)
     value, limit, unit = rule.get("measured"), rule.get("threshold"), str(rule.get("unit") or "")
     if unit in _TO_SECONDS:
         scale, time_like = _TO_SECONDS[unit], True
@@ -129,9 +139,8 @@ def _figure(rule, labels, measured_s, threshold_s, measured, threshold, named) -
             measured_s.labels(**labels).set(value * scale)
         else:
             measured.labels(**labels, unit=_base_unit(unit)).set(value * scale)
-        word = next((w for w in named if w in labels["rule"].lower()), None)
-        if word is not None:
-            named[word].labels(**labels).set(value * scale)
+        if labels["rule"] in LATENCIES and time_like:
+            named[labels["rule"]].labels(**labels).set(value * scale)
     if isinstance(limit, (int, float)) and not isinstance(limit, bool):
         if time_like:
             threshold_s.labels(**labels).set(limit * scale)
