@@ -9,6 +9,7 @@ grid panel can filter `== 1` and an alert can match `verdict="fail"` without dec
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
@@ -42,11 +43,13 @@ COUNTS = {
 
 
 def export_verdicts(report: Any, textfile: str | None = None, pushgateway: str | None = None,
-                    run_id: str | None = None) -> CollectorRegistry:
-    """Write verify's report as metrics to `textfile` and/or push it to `pushgateway`."""
+                    header: dict[str, Any] | None = None, run_id: str | None = None) -> CollectorRegistry:
+    """Write verify's report as metrics to `textfile` and/or push it to `pushgateway`.
+    `header` (the timeline's) names the run and dates it when `run_id` is not given."""
     data = report.to_dict() if hasattr(report, "to_dict") else report
-    run = str(run_id or data.get("run_id") or _run_id_from_header(data))
-    registry = verdict_registry(data, run)
+    header = header or {}
+    run = str(run_id or data.get("run_id") or run_id_of(header))
+    registry = verdict_registry(data, run, _started_unix(header))
     if textfile:
         try:
             write_to_textfile(textfile, registry)  # writes a temp file and renames: atomic
@@ -62,12 +65,18 @@ def export_verdicts(report: Any, textfile: str | None = None, pushgateway: str |
     return registry
 
 
-def _run_id_from_header(data: dict[str, Any]) -> str:
-    header = data.get("timeline") or data.get("header") or {}
-    return str(header.get("run_id") or header.get("t0") or "unknown")
+def run_id_of(header: dict[str, Any]) -> str:
+    """The header's run_id, else host and start time: stable for one recording, distinct across."""
+    if header.get("run_id"):
+        return str(header["run_id"])
+    started = _started_unix(header)
+    if started is None:
+        return "unknown"
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+    return f"{header.get('host', 'host')}-{stamp}"
 
 
-def verdict_registry(data: dict[str, Any], run_id: str) -> CollectorRegistry:
+def verdict_registry(data: dict[str, Any], run_id: str, started_unix: float | None = None) -> CollectorRegistry:
     registry = CollectorRegistry()
     scenario_verdict = Gauge("omnitrace_scenario_verdict", "1 for the scenario's verdict",
                              [*SCENARIO_LABELS, "verdict"], registry=registry)
@@ -100,16 +109,17 @@ def verdict_registry(data: dict[str, Any], run_id: str) -> CollectorRegistry:
             _figure(rule, rule_labels, measured_s, threshold_s, measured, threshold, named)
     for verdict, count in counts.items():
         run_scenarios.labels(run_id, verdict).set(count)
-    started = data.get("started_unix") or _started_unix(data)
-    if started is not None:
-        run_time.labels(run_id).set(started)
+    if started_unix is not None:
+        run_time.labels(run_id).set(started_unix)
     return registry
 
 
 def _scenario_labels(scenario: dict[str, Any], run_id: str) -> dict[str, str]:
     sid = str(scenario.get("id", ""))
     return {"run_id": run_id, "row": str(scenario.get("row") or sid), "scenario": sid,
-            "signal": str(scenario.get("signal") or ""), "target": str(scenario.get("target") or "")}
+            # verify's report names the fault ("SIGKILL", "oom"); older drafts said "signal"
+            "signal": str(scenario.get("signal") or scenario.get("fault") or ""),
+            "target": str(scenario.get("target") or "")}
 
 
 def _state_set(gauge: Gauge, labels: dict[str, str], actual: str) -> None:
@@ -152,8 +162,7 @@ def _base_unit(unit: str) -> str:
     return "bytes" if unit in _TO_BYTES else unit
 
 
-def _started_unix(data: dict[str, Any]) -> float | None:
-    header = data.get("timeline") or data.get("header") or {}
+def _started_unix(header: dict[str, Any]) -> float | None:
     if "t0" in header and "wall_offset_ns" in header:
         return (header["t0"] + header["wall_offset_ns"]) / 1e9
     return None

@@ -25,12 +25,20 @@ MATRIX_HELP = "a matrix YAML file (default: the built-in vllm-omni matrix)"
 @click.option("--strict", is_flag=True, help="inconclusive verdicts fail too")
 @click.option("--lenient", is_flag=True, help="skip corrupt timeline lines instead of stopping")
 @click.option("-v", "--verbose", is_flag=True, help="show evidence for passing rules too")
-def verify(timeline, matrix_file, scenario_glob, json_out, junit_out, strict, lenient, verbose):
+@click.option("--prometheus-textfile", metavar="FILE",
+              help="write verdict metrics here (node_exporter textfile collector)")
+@click.option("--pushgateway", metavar="URL", help="push verdict metrics to this Pushgateway")
+def verify(timeline, matrix_file, scenario_glob, json_out, junit_out, strict, lenient, verbose,
+           prometheus_textfile, pushgateway):
     """Check TIMELINE against the fault-injection matrix.
 
     Exit status: 0 all pass, 1 any failure (or inconclusive with --strict), 2 bad input."""
     matrix = load_matrix(matrix_file)
-    report = verify_timeline(read_timeline(timeline, lenient=lenient), matrix, scenario_glob)
+    loaded = read_timeline(timeline, lenient=lenient)
+    report = verify_timeline(loaded, matrix, scenario_glob)
+    if prometheus_textfile or pushgateway:
+        from omnitrace.export.prometheus import export_verdicts
+        export_verdicts(report, prometheus_textfile, pushgateway, header=loaded.header)
     if json_out == "-":
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
