@@ -152,13 +152,18 @@ class SignalGenerate(Event):
 
 @dataclass(slots=True)
 class SignalDeliver(Event):
-    """A signal was taken off the queue by the receiving thread; disposition is what it did."""
+    """A signal was taken off the queue by the receiving thread; disposition is what it did.
+
+    A fatal signal with the default action is turned by the kernel into a group SIGKILL before
+    delivery; `signal` then names the signal that was sent (what the process dies of) and
+    `delivered_as` is 9."""
     kind: ClassVar[str] = "signal_deliver"
     pid: int
     tid: int
     signal: int
     code: int = 0
     disposition: str = "default"
+    delivered_as: int | None = None
 
 
 @dataclass(slots=True)

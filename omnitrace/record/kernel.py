@@ -65,6 +65,7 @@ class KernelSource(Source):
         self._events = 0
         self._lost = 0
         self._last_drain_ts = 0
+        self._fatal_pending: dict[int, list[int]] = {}  # pid -> fatal-capable signals sent, undelivered
 
     # -- life cycle -------------------------------------------------------------------------
     def prepare(self, ctx: RecordContext) -> dict[str, str]:
@@ -181,11 +182,7 @@ class KernelSource(Source):
         if kind == abi.OT_SIGNAL_GEN:
             return self._decode_signal_generate(raw)
         if kind == abi.OT_SIGNAL_DLV:
-            disposition = ev.disposition_name(raw.handler)
-            if disposition == "default" and raw.sig in ev.FATAL_BY_DEFAULT:
-                ctx.fatal_signal(t, raw.pid)
-            return ev.SignalDeliver(t=t, pid=raw.pid, tid=raw.tid, signal=raw.sig, code=raw.code,
-                                    disposition=disposition)
+            return self._decode_signal_deliver(raw)
         if kind == abi.OT_RENAME:
             ctx.process_changed(raw.pid, "rename")
             return ev.Rename(t=t, pid=raw.pid, tid=raw.tid, oldcomm=_text(raw.comm),
@@ -205,8 +202,26 @@ class KernelSource(Source):
                        exit_code=exit_code, signal=signal, core_dumped=core,
                        syscall="waitid" if raw.flags & abi.OT_F_WAITID else "wait4")
 
+    def _decode_signal_deliver(self, raw: abi.RawEvent) -> ev.SignalDeliver:
+        disposition = ev.disposition_name(raw.handler)
+        signal, delivered_as = raw.sig, None
+        if disposition == "default" and raw.sig in ev.FATAL_BY_DEFAULT:
+            self._ctx.fatal_signal(raw.ts, raw.pid)
+            # The kernel turns a fatal default-action signal into a group SIGKILL: name the
+            # signal that was sent, which is what the process dies of.
+            pending = self._fatal_pending.get(raw.pid, [])
+            if raw.sig == 9 and pending and 9 not in pending:
+                signal, delivered_as = pending[0], 9
+            self._fatal_pending.pop(raw.pid, None)
+        elif raw.sig in self._fatal_pending.get(raw.pid, ()):
+            self._fatal_pending[raw.pid].remove(raw.sig)
+        return ev.SignalDeliver(t=raw.ts, pid=raw.pid, tid=raw.tid, signal=signal, code=raw.code,
+                                disposition=disposition, delivered_as=delivered_as)
+
     def _decode_signal_generate(self, raw: abi.RawEvent) -> ev.SignalGenerate:
         target = raw.pid or _tgid_of(raw.tid)
+        if raw.result == 0 and raw.sig in ev.FATAL_BY_DEFAULT:
+            self._fatal_pending.setdefault(target, []).append(raw.sig)
         if target and raw.sig in (2, 9, 15) and self._ctx.is_traced(target):
             self._ctx.fatal_signal(raw.ts, target)
         return ev.SignalGenerate(

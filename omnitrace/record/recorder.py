@@ -10,6 +10,7 @@ import pwd
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,11 +130,10 @@ class Recorder:
         try:
             for pid in self.options.attach:
                 self._follow_existing(pid)
-            release = self._spawn(env) if self.options.command else None
             for source in self.sources:
                 source.start(self.ctx)
-            if release:
-                release()
+            if self.options.command:
+                self._spawn(env)
             exit_status = self._wait()
             self._linger()
         except _FinishNow:
@@ -162,27 +162,41 @@ class Recorder:
         for p in pids:
             self.ctx.add_traced(p)
 
-    def _spawn(self, env: dict[str, str]) -> Callable[[], None]:
-        """Fork the command held before exec; returns the function that lets it go."""
+    def _spawn(self, env: dict[str, str]) -> None:
+        """Run the command, held before exec until its pid is traced.
+
+        Popen returns only after exec, so the child announces its pid on one pipe and waits on
+        another; a gate thread here adds the pid to the traced set, then lets it go."""
+        pid_read, pid_write = os.pipe()
         gate_read, gate_write = os.pipe()
 
         def hold_until_traced() -> None:
-            os.close(gate_write)
+            os.write(pid_write, str(os.getpid()).encode())
+            os.close(pid_write)
             os.read(gate_read, 1)
             os.close(gate_read)
 
-        child_env = {**os.environ, **env}
+        def gate() -> None:
+            data = os.read(pid_read, 32)
+            if data:
+                self._adopt_root(int(data))
+            os.write(gate_write, b"x")
+
+        gatekeeper = threading.Thread(target=gate, name="spawn-gate", daemon=True)
+        gatekeeper.start()
         try:
             self._child = subprocess.Popen(
-                self.options.command, env=child_env, preexec_fn=hold_until_traced,
-                pass_fds=(gate_read, gate_write), process_group=0,
-                **self._privilege_drop())
+                self.options.command, env={**os.environ, **env}, preexec_fn=hold_until_traced,
+                pass_fds=(pid_write, gate_read), process_group=0, **self._privilege_drop())
         except (OSError, subprocess.SubprocessError) as exc:
-            os.close(gate_read)
-            os.close(gate_write)
             raise OmnitraceError(f"cannot run {self.options.command[0]!r}: {exc}") from None
-        os.close(gate_read)
-        pid = self._child.pid
+        finally:
+            os.close(pid_write)  # the gate thread sees EOF if the child never started
+            gatekeeper.join()
+            for fd in (pid_read, gate_read, gate_write):
+                os.close(fd)
+
+    def _adopt_root(self, pid: int) -> None:
         self._emit(ev.Fork(t=time.monotonic_ns(), pid=pid, tid=pid, ppid=os.getpid(),
                            comm=os.path.basename(self.options.command[0])[:15]))
         if self.kernel:
@@ -191,11 +205,7 @@ class Recorder:
             self.procfs.adopt_root(pid)
         self.ctx.add_traced(pid)
         self.ctx.root_pid = pid
-
-        def release() -> None:
-            os.write(gate_write, b"x")
-            os.close(gate_write)
-        return release
+        self.ctx.process_changed(pid, "start")
 
     def _privilege_drop(self) -> dict:
         """Under sudo, the command runs as the invoking user with the environment kept."""

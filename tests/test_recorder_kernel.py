@@ -1,0 +1,148 @@
+"""The kernel source, for real: a recorded parent forks children that are killed, terminated,
+orphaned, renamed and left as zombies; the timeline must show each fact with its actors.
+
+These run as root with BPF on this machine and in CI; they are not skipped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from omnitrace import events as ev
+from omnitrace.record.kernel import unavailable_reason
+from omnitrace.timeline import read_timeline
+from tests.recording import OMNITRACE, REPO, record_lifecycle_tree
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF needs root (CI runs as root)")
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    assert unavailable_reason() is None, f"BPF must work on this machine: {unavailable_reason()}"
+    path = tmp_path_factory.mktemp("kernel") / "tree.jsonl"
+    pids, status = record_lifecycle_tree(path)
+    timeline = read_timeline(path)
+    return timeline, pids, status, path
+
+
+def of(timeline, cls, **match):
+    return [e for e in timeline.events if isinstance(e, cls)
+            and all(getattr(e, k) == v for k, v in match.items())]
+
+
+def one(timeline, cls, **match):
+    found = of(timeline, cls, **match)
+    assert len(found) == 1, f"expected one {cls.__name__} {match}, found {found}"
+    return found[0]
+
+
+def test_recording_is_complete_and_exit_status_is_the_commands(recording):
+    timeline, _, status, _ = recording
+    assert status == 0
+    assert timeline.footer is not None and timeline.footer["exit_status"] == 0
+    assert timeline.footer["counters"]["kernel"]["lost"] == 0
+    assert timeline.header["sources"]["kernel"]["backend"] == "bcc"
+
+
+def test_every_fork_names_its_parent(recording):
+    timeline, pids, _, _ = recording
+    for role in ("killed", "handler", "default", "threaded", "middle", "renamed", "zombie", "outside"):
+        one(timeline, ev.Fork, pid=pids[role], ppid=pids["parent"], thread=False)
+    one(timeline, ev.Fork, pid=pids["orphan"], ppid=pids["middle"], thread=False)
+
+
+def test_threads_are_forks_of_their_process_not_new_processes(recording):
+    timeline, pids, _, _ = recording
+    threads = of(timeline, ev.Fork, pid=pids["threaded"], thread=True)
+    assert threads and all(f.tid != pids["threaded"] for f in threads)
+
+
+def test_sigkill_has_sender_target_result_and_default_disposition(recording):
+    timeline, pids, _, _ = recording
+    sent = one(timeline, ev.SignalGenerate, target_pid=pids["killed"], signal=9)
+    assert (sent.sender_pid, sent.result) == (pids["parent"], "delivered")
+    got = one(timeline, ev.SignalDeliver, pid=pids["killed"], signal=9)
+    assert got.disposition == "default" and got.t >= sent.t
+    reap = one(timeline, ev.Reap, pid=pids["killed"])
+    assert (reap.signal, reap.exit_code, reap.reaper) == (9, None, pids["parent"])
+
+
+def test_sigterm_to_a_handler_exits_3(recording):
+    timeline, pids, _, _ = recording
+    assert one(timeline, ev.SignalDeliver, pid=pids["handler"], signal=15).disposition == "handler"
+    assert one(timeline, ev.ExitGroup, pid=pids["handler"]).code == 3
+    assert one(timeline, ev.Reap, pid=pids["handler"]).exit_code == 3
+
+
+def test_sigterm_without_handler_dies_of_sigterm(recording):
+    timeline, pids, _, _ = recording
+    got = one(timeline, ev.SignalDeliver, pid=pids["default"], signal=15)
+    assert got.disposition == "default" and got.delivered_as == 9  # the kernel's group kill
+    assert one(timeline, ev.Reap, pid=pids["default"]).signal == 15
+    assert not of(timeline, ev.ExitGroup, pid=pids["default"])
+
+
+def test_process_exit_reported_by_a_thread_other_than_the_leader(recording):
+    timeline, pids, _, _ = recording
+    exits = of(timeline, ev.Exit, pid=pids["threaded"])
+    last = [e for e in exits if e.group_dead]
+    assert len(last) == 1 and last[0].tid != pids["threaded"]
+    leader = [e for e in exits if e.tid == pids["threaded"]]
+    assert leader and not leader[0].group_dead and leader[0].t < last[0].t
+    assert one(timeline, ev.Reap, pid=pids["threaded"]).exit_code == 4
+
+
+def test_orphan_is_reaped_by_the_subreaper_it_was_handed_to(recording):
+    timeline, pids, _, _ = recording
+    middle_exit = one(timeline, ev.Exit, pid=pids["middle"], group_dead=True)
+    orphan_exit = one(timeline, ev.Exit, pid=pids["orphan"], group_dead=True)
+    assert middle_exit.t < orphan_exit.t
+    reap = one(timeline, ev.Reap, pid=pids["orphan"])
+    assert reap.reaper == pids["parent"] != pids["middle"]
+
+
+def test_setproctitle_rename_is_recorded(recording):
+    timeline, pids, _, _ = recording
+    renames = of(timeline, ev.Rename, pid=pids["renamed"])
+    assert any(r.newcomm == "VLLM::StageEngi" for r in renames)  # comm holds 15 characters
+
+
+def test_zombie_is_reaped_only_later(recording):
+    timeline, pids, _, _ = recording
+    exit_ = one(timeline, ev.Exit, pid=pids["zombie"], group_dead=True)
+    reap = one(timeline, ev.Reap, pid=pids["zombie"])
+    assert (reap.t - exit_.t) / 1e9 >= 0.5
+
+
+def test_kill_from_outside_the_tree_shows_its_sender(recording):
+    timeline, pids, _, _ = recording
+    sent = one(timeline, ev.SignalGenerate, target_pid=pids["outside"], signal=9)
+    assert sent.sender_pid == os.getpid()  # this test process, which is not traced
+
+
+def test_events_are_on_one_monotonic_clock(recording):
+    timeline, _, _, _ = recording
+    assert timeline.header["t0"] <= timeline.events[0].t <= timeline.events[-1].t <= timeline.footer["t"]
+
+
+def test_show_json_contract(recording):
+    _, pids, _, path = recording
+    out = subprocess.run(OMNITRACE + ["show", "--json", str(path)], cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout
+    views = {v["pid"]: v for v in json.loads(out)}
+    keys = {"pid", "ppid", "name", "cmdline", "start", "exit", "exit_code", "exit_signal",
+            "reaped_by", "reparented_to", "signals_received"}
+    assert all(set(v) == keys for v in views.values())
+    assert views[pids["killed"]]["exit_signal"] == "SIGKILL"
+    assert views[pids["default"]]["exit_signal"] == "SIGTERM"
+    assert views[pids["handler"]]["exit_code"] == 3
+    assert views[pids["handler"]]["signals_received"][0] | {"time": None} == {
+        "signal": "SIGTERM", "sender_pid": pids["parent"], "time": None, "disposition": "handler"}
+    assert views[pids["orphan"]]["ppid"] == pids["middle"]
+    assert views[pids["orphan"]]["reparented_to"] == pids["parent"]
+    assert views[pids["orphan"]]["reaped_by"] == pids["parent"]
+    assert views[pids["renamed"]]["name"].startswith("VLLM::StageEngi")
+    assert views[pids["parent"]]["start"] >= 0 and views[pids["parent"]]["exit"] > 0
