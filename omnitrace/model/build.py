@@ -65,7 +65,7 @@ class _Builder:
         proc.exit_t, proc.exit_ref = e.t, i
         # Its live children are now orphans: the kernel re-parents them at this moment, to the
         # nearest subreaper or init. Who exactly is filled in later from snapshots and reaps.
-        for child in self.model.children_of.get(e.pid, ()):
+        for child in list(self.model.children_of.get(e.pid, {}).values()):
             if child.exit_t is None and child.parents and child.parents[-1].ppid == e.pid:
                 child.parents.append(ParentChange(e.t, None, i, inferred=True))
 

@@ -83,3 +83,11 @@ def show(matrix_file, as_json):
 
 def _rule_keys(rule_id: str) -> tuple[str, ...]:
     return RULES[rule_id].thresholds
+
+
+def _attach_run() -> None:
+    from omnitrace.inject.cli import matrix_run  # the runner lives with injection (docs/matrix-run.md)
+    matrix.add_command(matrix_run)
+
+
+_attach_run()

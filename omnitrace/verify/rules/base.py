@@ -97,7 +97,7 @@ class Rule:
 def fate(ctx: Context, proc: Process) -> str:
     """How a process of the tree ended up, for evidence: 'pid 4123 VLLM::X re-parented to 1 at
     +0.21 s, still alive at scenario end +35.00 s'."""
-    parts = [proc.label()]
+    parts = []
     for change in proc.parents[1:]:
         if change.t >= ctx.fault_t:
             how = "" if not change.inferred else " (its parent exited)"
@@ -106,4 +106,4 @@ def fate(ctx: Context, proc: Process) -> str:
         parts.append(f"still alive at scenario end {ctx.at(ctx.end)}")
     else:
         parts.append(f"exited at {ctx.at(proc.exit_t)}")
-    return ", ".join(parts)
+    return f"{proc.label()} " + ", ".join(parts)

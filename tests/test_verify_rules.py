@@ -1,0 +1,341 @@
+"""Each rule on hand-built timelines: a pass, a fail and an inconclusive case."""
+from __future__ import annotations
+
+import pytest
+
+from omnitrace.model.synthetic import TimelineBuilder
+from omnitrace.verify.engine import verify_timeline
+from omnitrace.verify.matrix import load_matrix
+
+HARNESS, INJECTOR, SERVE, TRACKER = 10, 20, 100, 101
+WORKERS = {102: 0, 103: 1, 104: 1}          # pid -> GPU device
+STAGE = "VLLM::StageEngineCoreProc_noid_replica0_DP0"
+FAULT = 10.0
+MATRIX = load_matrix(None)
+
+
+def server(sources=("kernel", "procfs", "gpu", "http")) -> TimelineBuilder:
+    """A 3-stage vllm-omni-like server started at 1 s, healthy and holding GPU memory by 2 s."""
+    b = TimelineBuilder(sources)
+    b.spawn(HARNESS, 1, "pytest", -1.0)
+    b.gpu(0, 0.5, 0.0).gpu(1, 0.5, 0.0)
+    b.spawn(SERVE, HARNESS, "python3", 1.0, ports=[8000],
+            cmdline=["python3", "-m", "vllm_omni.entrypoints.cli.main", "serve", "Qwen", "--omni"])
+    b.spawn(TRACKER, SERVE, "python3", 1.1,
+            cmdline=["python3", "-c", "from multiprocessing.resource_tracker import main;main(57)"])
+    for pid, device in WORKERS.items():
+        b.spawn(pid, SERVE, STAGE, 1.2)
+        b.gpu_proc(device, pid, 20, 2.0)
+    b.gpu(0, 20.5, 2.0).gpu(1, 40.5, 2.0)
+    b.spawn(INJECTOR, HARNESS, "pytest-injector", 0.5)
+    return b
+
+
+def children_die(b, t, reaper, sig=None, code=None, skip=()):
+    """Every child of the server exits at t (+ a little each) and is reaped by `reaper`."""
+    for n, pid in enumerate([TRACKER, *WORKERS]):
+        if pid in skip:
+            continue
+        b.exit(pid, t + 0.01 * n, code)
+        if reaper:
+            b.reap(reaper, pid, t + 0.01 * n + 0.05, code=code, sig=sig)
+        if pid in WORKERS:
+            b.gpu_proc(WORKERS[pid], pid, 0, t + 0.01 * n + 0.1)
+
+
+def gpu_back(b, t):
+    b.gpu(0, 0.5, t).gpu(1, 0.5, t)
+
+
+def sigkill_serve(b, orphan=False, end=45.0):
+    """SIGKILL to the serve root; workers follow by parent-death handling unless `orphan`."""
+    b.health(3.0, FAULT, 0.5)
+    b.signal(INJECTOR, SERVE, 9, FAULT)
+    b.exit(SERVE, FAULT + 0.001)
+    b.reap(HARNESS, SERVE, FAULT + 0.01, sig=9)
+    children_die(b, FAULT + 0.2, reaper=1, sig=15, skip=(102,) if orphan else ())
+    if orphan:
+        b.snapshot(102, 1, FAULT + 1.0)     # procfs confirms the re-parenting to init
+        b.gpu(0, 20.5, FAULT + 0.5).gpu(1, 0.5, FAULT + 0.5)
+    else:
+        gpu_back(b, FAULT + 0.4)
+    b.health(FAULT + 0.25, end, 0.5, status=None, error="refused")
+    b.mark("scenario", 9.0, end, scenario="no-load/sigkill/serve", server_pid=SERVE)
+    b.mark("fault", FAULT, FAULT + 0.001, scenario="no-load/sigkill/serve", fault_signal="SIGKILL",
+           fault_target="serve", fault_pids=[SERVE])
+    return b
+
+
+def sigterm_serve(b, workers_after=False, disposition="handler", code=0, end=105.0,
+                  row="no-load/sigterm/serve", unreaped=()):
+    """SIGTERM to the serve root; it stops its workers (SIGTERM, handler, 143) and exits."""
+    b.health(3.0, FAULT, 0.5)
+    b.signal(INJECTOR, SERVE, 15, FAULT, disposition=disposition)
+    server_exit = FAULT + 4.0
+    for n, pid in enumerate(WORKERS):
+        t = FAULT + 1.0 + n if not workers_after else server_exit + 1.0 + n
+        b.signal(SERVE, pid, 15, t - 0.5, disposition="handler")
+        b.exit(pid, t, code=143)
+        if pid not in unreaped:
+            b.reap(SERVE if not workers_after else 1, pid, t + 0.01, code=143)
+        b.gpu_proc(WORKERS[pid], pid, 0, t + 0.01)
+    b.exit(TRACKER, server_exit - 0.2, code=0)
+    b.reap(SERVE, TRACKER, server_exit - 0.19, code=0)
+    b.exit(SERVE, server_exit, code=code)
+    b.reap(HARNESS, SERVE, server_exit + 0.01, code=code)
+    gpu_back(b, (server_exit if not workers_after else server_exit + 3.0) + 0.1)
+    b.health(FAULT + 0.25, server_exit, 0.5, status=503)
+    b.health(server_exit, end, 0.5, status=None, error="refused")
+    b.mark("scenario", 9.0, end, scenario=row, server_pid=SERVE)
+    b.mark("fault", FAULT, FAULT, scenario=row, fault_signal="SIGTERM", fault_target="serve",
+           fault_pids=[SERVE])
+    return b
+
+
+def verdicts(b, scenario=None):
+    report = verify_timeline(b.timeline(), MATRIX, scenario)
+    assert len(report.scenarios) == 1
+    return {r.id: r for r in report.scenarios[0].rules}
+
+
+# --- target-exits -------------------------------------------------------------------------------
+def test_target_exits_passes_when_the_killed_server_is_gone_at_once():
+    rule = verdicts(sigkill_serve(server()))["target-exits"]
+    assert rule.verdict == "pass" and rule.measured == pytest.approx(0.001)
+    assert rule.threshold == 30
+
+
+def test_target_exits_fails_when_the_server_ignores_sigterm_past_the_limit():
+    b = server()
+    b.health(3.0, 110, 0.5)
+    b.signal(INJECTOR, SERVE, 15, FAULT, disposition="ignored")
+    b.mark("scenario", 9.0, 110.0, scenario="no-load/sigterm/serve", server_pid=SERVE)
+    b.mark("fault", FAULT, FAULT, scenario="no-load/sigterm/serve", fault_signal="SIGTERM",
+           fault_target="serve", fault_pids=[SERVE])
+    rules = verdicts(b)
+    assert rules["target-exits"].verdict == "fail"
+    assert "still alive at scenario end" in rules["target-exits"].evidence[0].text
+    assert rules["graceful-shutdown"].verdict == "fail"
+    assert "ignored" in rules["graceful-shutdown"].evidence[0].text
+
+
+def test_target_exits_is_inconclusive_when_the_window_ends_before_the_limit():
+    b = server()
+    b.signal(INJECTOR, SERVE, 15, FAULT, disposition="handler")
+    b.mark("scenario", 9.0, 20.0, scenario="no-load/sigterm/serve", server_pid=SERVE)
+    b.mark("fault", FAULT, FAULT, scenario="no-load/sigterm/serve", fault_signal="SIGTERM",
+           fault_target="serve", fault_pids=[SERVE])
+    assert verdicts(b)["target-exits"].verdict == "inconclusive"
+
+
+# --- graceful-shutdown --------------------------------------------------------------------------
+def test_graceful_shutdown_passes_on_handler_and_clean_exit():
+    rule = verdicts(sigterm_serve(server()))["graceful-shutdown"]
+    assert rule.verdict == "pass"
+    assert rule.measured == pytest.approx(4.0, abs=0.01)
+
+
+def test_graceful_shutdown_fails_on_a_dirty_exit_status():
+    rule = verdicts(sigterm_serve(server(), code=1))["graceful-shutdown"]
+    assert rule.verdict == "fail" and "status 1" in rule.evidence[0].text
+
+
+def test_graceful_shutdown_is_inconclusive_when_delivery_was_not_recorded():
+    rule = verdicts(sigterm_serve(server(), disposition=None))["graceful-shutdown"]
+    assert rule.verdict == "inconclusive"
+
+
+# --- cleanup-order ------------------------------------------------------------------------------
+def test_cleanup_order_passes_when_workers_exit_before_the_server():
+    rule = verdicts(sigterm_serve(server()))["cleanup-order"]
+    assert rule.verdict == "pass" and rule.measured < 0
+
+
+def test_cleanup_order_fails_when_workers_outlive_a_terminated_server():
+    rule = verdicts(sigterm_serve(server(), workers_after=True))["cleanup-order"]
+    assert rule.verdict == "fail"
+    assert any("pid 102" in e.text and "re-parented to 1" in e.text for e in rule.evidence)
+
+
+def test_cleanup_order_fails_when_a_child_survives_a_sigkilled_server():
+    rule = verdicts(sigkill_serve(server(), orphan=True))["cleanup-order"]
+    assert rule.verdict == "fail"
+    text = [e.text for e in rule.evidence if e.pid == 102][0]
+    assert text.startswith(f"pid 102 {STAGE} re-parented to 1 at +0.00 s")
+    assert "still alive at scenario end +35.00 s" in text
+
+
+def test_cleanup_order_is_inconclusive_when_the_server_never_exits():
+    b = server()
+    b.signal(INJECTOR, SERVE, 9, FAULT)
+    b.mark("scenario", 9.0, 45.0, scenario="no-load/sigkill/serve", server_pid=SERVE)
+    b.mark("fault", FAULT, FAULT, scenario="no-load/sigkill/serve", fault_signal=9,
+           fault_target="serve", fault_pids=[SERVE])
+    rules = verdicts(b)
+    assert rules["cleanup-order"].verdict == "inconclusive"
+    assert rules["target-exits"].verdict == "fail"
+
+
+# --- no-residue ---------------------------------------------------------------------------------
+def test_no_residue_passes_when_everything_is_gone():
+    rule = verdicts(sigkill_serve(server()))["no-residue"]
+    assert rule.verdict == "pass" and rule.measured == pytest.approx(0.23, abs=0.001)
+
+
+def test_no_residue_names_the_orphan_with_its_new_parent():
+    rule = verdicts(sigkill_serve(server(), orphan=True))["no-residue"]
+    assert rule.verdict == "fail"
+    assert [e.pid for e in rule.evidence] == [102]
+    assert "re-parented to 1" in rule.evidence[0].text
+
+
+def test_no_residue_is_inconclusive_when_the_window_is_shorter_than_the_limit():
+    rule = verdicts(sigkill_serve(server(), orphan=True, end=20.0))["no-residue"]
+    assert rule.verdict == "inconclusive"
+
+
+def test_lost_kernel_events_make_process_rules_inconclusive():
+    b = sigkill_serve(server())
+    b.lost("kernel", 12, FAULT + 0.1, FAULT + 0.2)
+    rules = verdicts(b)
+    assert rules["no-residue"].verdict == "inconclusive"
+    assert "lost" in rules["no-residue"].summary
+    assert rules["service-unavailable"].verdict == "pass"   # HTTP evidence is unaffected
+
+
+# --- no-zombies ---------------------------------------------------------------------------------
+def test_no_zombies_passes_when_every_exit_is_reaped():
+    assert verdicts(sigkill_serve(server()))["no-zombies"].verdict == "pass"
+
+
+def test_no_zombies_fails_on_an_unreaped_worker():
+    rule = verdicts(sigterm_serve(server(), unreaped=(103,)))["no-zombies"]
+    assert rule.verdict == "fail"
+    assert rule.evidence[0].pid == 103 and "never reaped" in rule.evidence[0].text
+
+
+def test_no_zombies_is_inconclusive_without_the_kernel_source():
+    b = sigkill_serve(server(sources=("procfs", "gpu", "http")))
+    assert verdicts(b)["no-zombies"].verdict == "inconclusive"
+
+
+# --- gpu-released -------------------------------------------------------------------------------
+def test_gpu_released_measures_the_release_latency():
+    rule = verdicts(sigkill_serve(server()))["gpu-released"]
+    assert rule.verdict == "pass" and rule.measured == pytest.approx(0.4, abs=0.001)
+
+
+def test_gpu_released_fails_while_an_orphan_holds_memory():
+    rule = verdicts(sigkill_serve(server(), orphan=True))["gpu-released"]
+    assert rule.verdict == "fail"
+    texts = " | ".join(e.text for e in rule.evidence)
+    assert "GPU 0 still at 20.50 GiB" in texts and "pid 102" in texts
+
+
+def test_gpu_released_is_inconclusive_without_the_gpu_source():
+    b = sigkill_serve(server(sources=("kernel", "procfs", "http")))
+    rule = verdicts(b)["gpu-released"]
+    assert rule.verdict == "inconclusive" and "gpu" in rule.summary
+
+
+# --- service-unavailable ------------------------------------------------------------------------
+def test_service_unavailable_passes_when_health_is_refused_and_stays_so():
+    rule = verdicts(sigkill_serve(server()))["service-unavailable"]
+    assert rule.verdict == "pass" and rule.measured == pytest.approx(0.252, abs=0.001)
+
+
+def test_service_unavailable_fails_on_a_later_2xx():
+    b = sigkill_serve(server())
+    b.request(FAULT + 5.0, FAULT + 5.1, "chat", status=200)
+    rule = verdicts(b)["service-unavailable"]
+    assert rule.verdict == "fail" and "answered HTTP 200 at +5.10 s" in rule.evidence[1].text
+
+
+def test_service_unavailable_is_inconclusive_without_http_evidence():
+    b = sigkill_serve(server(sources=("kernel", "procfs", "gpu")))
+    assert verdicts(b)["service-unavailable"].verdict == "inconclusive"
+
+
+# --- inflight-fail-fast -------------------------------------------------------------------------
+def _under_load(b, outcome):
+    b.request(FAULT - 1.0, *outcome)
+    for event in b.events:                     # relabel the marks as the under-load row
+        if getattr(event, "attributes", {}).get("omnitrace.scenario"):
+            event.attributes["omnitrace.scenario"] = "under-load/sigkill/serve"
+    return b
+
+
+def test_inflight_requests_failing_fast_pass():
+    rule = verdicts(_under_load(sigkill_serve(server()), (FAULT + 0.01, "chat", None, "reset")))
+    assert rule["inflight-fail-fast"].verdict == "pass"
+    assert rule["inflight-fail-fast"].measured == pytest.approx(0.01, abs=0.001)
+
+
+def test_inflight_request_still_open_at_scenario_end_is_a_hang():
+    rule = verdicts(_under_load(sigkill_serve(server()), (None, "chat")))["inflight-fail-fast"]
+    assert rule.verdict == "fail" and "a hang" in rule.evidence[0].text
+
+
+def test_inflight_is_inconclusive_with_no_request_in_flight():
+    b = sigkill_serve(server())
+    for event in b.events:
+        if getattr(event, "attributes", {}).get("omnitrace.scenario"):
+            event.attributes["omnitrace.scenario"] = "under-load/sigkill/serve"
+    assert verdicts(b)["inflight-fail-fast"].verdict == "inconclusive"
+
+
+# --- stop-accepting -----------------------------------------------------------------------------
+def test_stop_accepting_passes_when_new_requests_are_refused():
+    assert verdicts(sigterm_serve(server()))["stop-accepting"].verdict == "pass"
+
+
+def test_stop_accepting_fails_when_a_new_request_is_served_late():
+    b = sigterm_serve(server())
+    b.request(FAULT + 3.0, FAULT + 3.5, "chat", status=200)
+    rule = verdicts(b)["stop-accepting"]
+    assert rule.verdict == "fail" and rule.measured == pytest.approx(3.0)
+
+
+def test_stop_accepting_is_inconclusive_with_no_request_after_the_grace_period():
+    b = server()
+    b.signal(INJECTOR, SERVE, 15, FAULT, disposition="handler")
+    b.exit(SERVE, FAULT + 1, code=0)
+    b.mark("scenario", 9.0, 105.0, scenario="no-load/sigterm/serve", server_pid=SERVE)
+    b.mark("fault", FAULT, FAULT, scenario="no-load/sigterm/serve", fault_signal="SIGTERM",
+           fault_target="serve", fault_pids=[SERVE])
+    assert verdicts(b)["stop-accepting"].verdict == "inconclusive"
+
+
+# --- oom-contract -------------------------------------------------------------------------------
+HOG = 300
+
+
+def oom(b, chat=(503, True), speech=(503, True), server_dies=False):
+    b.spawn(HOG, HARNESS, "python3", FAULT, cmdline=["python3", "-m", "omnitrace.inject.oom_hog"])
+    b.gpu_proc(0, HOG, 59, FAULT + 0.5)
+    b.health(3.0, FAULT + 1.0, 0.5)
+    b.health(FAULT + 1.0, FAULT + 60, 0.5, status=503)
+    b.request(FAULT + 2.0, FAULT + 3.0, "chat", status=chat[0], openai=chat[1])
+    b.request(FAULT + 4.0, FAULT + 6.0, "speech", status=speech[0], openai=speech[1])
+    if server_dies:
+        b.exit(SERVE, FAULT + 5.0, code=1)
+    b.exit(HOG, FAULT + 60)
+    b.mark("scenario", 9.0, FAULT + 65, scenario="oom/gpu-hog", server_pid=SERVE)
+    b.mark("oom", FAULT, FAULT + 60, scenario="oom/gpu-hog", oom_pids=[HOG])
+    return b
+
+
+def test_oom_contract_passes_when_the_server_degrades_and_stays_up():
+    rule = verdicts(oom(server()))["oom-contract"]
+    assert rule.verdict == "pass" and rule.measured == pytest.approx(2.0)
+
+
+def test_oom_contract_fails_on_speech_400_and_on_server_exit():
+    rule = verdicts(oom(server(), speech=(400, True), server_dies=True))["oom-contract"]
+    assert rule.verdict == "fail"
+    texts = " | ".join(e.text for e in rule.evidence)
+    assert "HTTP 400" in texts and "exited at +5.00 s under OOM" in texts
+
+
+def test_oom_contract_is_inconclusive_without_the_response_body():
+    assert verdicts(oom(server(), chat=(500, None)))["oom-contract"].verdict == "inconclusive"
