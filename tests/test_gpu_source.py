@@ -2,12 +2,14 @@
 processes, errors recorded without ending the recording, and the fast burst after a fatal signal."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 
+import psutil
 import pytest
 
 from omnitrace.errors import OmnitraceError
@@ -198,3 +200,38 @@ def test_backend_choice_is_explained_and_explicit_choices_fail_clearly(tmp_path,
         make_gpu_source("sim")
     with pytest.raises(OmnitraceError, match="expected one of"):
         make_gpu_source("cuda")
+
+
+def test_testbed_stage_killed_its_memory_leaves_the_timeline_the_release_delay_after_exit(
+        tmp_path):
+    from omnitrace.testbed.harness import running_testbed  # the system under test, on the sim
+
+    device = ensure_device(tmp_path / "gpu", release_delay_s=0.5)
+    with running_testbed(["--step-mem", "1MiB"], sim_dir=device) as tb, \
+            Recording(tmp_path, GpuSource(SimGpu(device))) as rec:
+        stage = tb.stage_pids[0]  # the thinker: alone on GPU 0
+        wait_for(lambda: stage in rec.source._last_processes.get(0, {}), what="stage 0 on GPU 0")
+        kill_t = time.monotonic_ns()
+        os.kill(stage, signal.SIGKILL)
+        wait_for(lambda: not _alive(stage), what="stage 0 gone")
+        exit_seen_t = time.monotonic_ns()  # an upper bound of its exit
+        wait_for(lambda: stage not in rec.source._last_processes.get(0, {}),
+                 what="stage 0 off the process list")
+        timeline = rec.finish()
+
+    stage_events = [e for e in timeline.of_kind("gpu_process") if e.pid == stage]
+    assert stage_events[0].used >= 2 * GiB and stage_events[-1].used == 0
+    gpu0 = [e for e in timeline.of_kind("gpu_memory") if e.device == 0]
+    release = next(e for e in gpu0 if e.t > kill_t and e.used < 2 * GiB)
+    assert release.used == 0  # nothing else holds GPU 0
+    # Released 0.5 s after the exit, as configured: not before, and not much later either.
+    assert release.t - kill_t >= 0.5e9 - 5e6
+    assert release.t - exit_seen_t <= 0.5e9 + 0.3e9, f"{(release.t - exit_seen_t) / 1e6:.0f} ms"
+    assert abs(stage_events[-1].t - release.t) < 0.2e9  # the 20 Hz list agrees
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

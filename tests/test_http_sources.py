@@ -2,6 +2,7 @@
 the URL discovered from the traced process's listening port and followed when it moves."""
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import struct
@@ -204,3 +205,25 @@ def test_wiring_gives_the_receiver_and_a_discovering_prober():
     assert sources[1].discover
     assert make_http_sources("http://127.0.0.1:1/health", otlp=False)[0].url.endswith(":1/health")
     assert make_http_sources(None, health=False, otlp=False) == []
+
+
+def test_testbed_health_turns_503_or_refused_when_a_stage_is_killed(tmp_path):
+    from omnitrace.testbed.harness import running_testbed  # the system under test, on the sim
+
+    with running_testbed([], sim_dir=tmp_path / "gpu") as tb, \
+            Recording(tmp_path, HealthProber(None), root_pid=tb.pid) as rec:
+        rec.wait_for_span(lambda s: status_of(s) == 200, what="the testbed healthy")
+        kill_t = time.monotonic_ns()
+        os.kill(tb.stage_pids[1], signal.SIGKILL)
+        turned = rec.wait_for_span(
+            lambda s: s.t > kill_t and (status_of(s) == 503
+                                        or s.attributes.get("error.type") == "refused"),
+            what="503 or refused")
+        timeline = rec.finish()
+
+    assert turned.attributes["url.full"] == tb.url + "/health"  # discovered from its port
+    before = [s for s in timeline.of_kind("span") if s.end < kill_t]
+    assert before and all(status_of(s) == 200 for s in before)
+    # The matrix allows 20 s; at 20 Hz the prober sees the change within a few probes of the
+    # testbed noticing its dead stage.
+    assert turned.t - kill_t < 5e9, f"health turned {(turned.t - kill_t) / 1e6:.0f} ms after kill"
