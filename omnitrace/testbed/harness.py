@@ -107,3 +107,62 @@ def running_testbed(args: list[str] = (), sim_dir: str | os.PathLike | None = No
 
 def _shm() -> str | None:
     return "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+
+
+# -- probes the tests (and anyone driving a testbed) use --------------------------------------
+
+def is_gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie (it holds nothing but its pid)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_until(predicate, timeout_s: float, step_s: float = 0.02) -> float | None:
+    """Seconds until predicate() held, or None at the deadline."""
+    start = time.monotonic()
+    while True:
+        if predicate():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout_s:
+            return None
+        time.sleep(step_s)
+
+
+class StreamingChat(threading.Thread):
+    """A streaming chat request on its own thread; records when each chunk came and how it ended:
+    outcome is "ok" (saw [DONE]), "http <status>", or the exception's class name."""
+
+    def __init__(self, url: str, max_tokens: int = 400, timeout_s: float = 60.0, **extra):
+        super().__init__(daemon=True)
+        self.url, self.timeout_s = url, timeout_s
+        self.body = {"messages": [{"role": "user", "content": "hi"}], "stream": True,
+                     "max_tokens": max_tokens, **extra}
+        self.chunk_times: list[float] = []
+        self.lines: list[str] = []
+        self.outcome: str | None = None
+        self.ended_at: float | None = None
+        self.start()
+
+    def run(self) -> None:
+        import httpx
+        try:
+            with httpx.stream("POST", f"{self.url}/v1/chat/completions", json=self.body,
+                              timeout=self.timeout_s) as r:
+                if r.status_code != 200:
+                    self.outcome = f"http {r.status_code}"
+                    return
+                for line in r.iter_lines():
+                    if line:
+                        self.chunk_times.append(time.monotonic())
+                        self.lines.append(line)
+                self.outcome = "ok" if self.lines and self.lines[-1] == "data: [DONE]" else "truncated"
+        except Exception as exc:  # the failure is what is being observed
+            self.outcome = type(exc).__name__
+        finally:
+            self.ended_at = time.monotonic()
+
+    def wait_tokens(self, n: int, timeout_s: float = 15.0) -> bool:
+        return wait_until(lambda: len(self.chunk_times) >= n or self.outcome, timeout_s) is not None \
+            and len(self.chunk_times) >= n
