@@ -16,7 +16,7 @@ from omnitrace.errors import OmnitraceError
 from omnitrace.events import Exit, Fork, GpuMemory, GpuProcess, Lost, Span
 from omnitrace.export.live_metrics import LiveMetrics
 from omnitrace.export.prometheus import export_verdicts
-from test_export_helpers import SCENARIOS, synthetic_events
+from tests.test_export_helpers import SCENARIOS, synthetic_events
 
 GIB = 1 << 30
 

@@ -1,0 +1,147 @@
+"""The Grafana dashboards against a real Prometheus: it scrapes live recording metrics and a
+Pushgateway holding a verify push, and every panel's PromQL must return data."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from omnitrace.events import GpuMemory, Span
+from omnitrace.export.live_metrics import LiveMetrics
+from omnitrace.export.prometheus import export_verdicts
+from tests.test_export_helpers import synthetic_events
+from tests.test_export_metrics import free_port, sample_report, wait_http
+
+DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
+SCRAPE_S = 1
+
+
+def dashboard(name: str) -> dict:
+    return json.loads((DASHBOARDS / name).read_text())
+
+
+def panel_queries(board: dict):
+    for panel in board["panels"]:
+        for target in panel["targets"]:
+            yield panel["title"], target["expr"]
+
+
+def concrete(expr: str) -> str:
+    """What Grafana sends with "All" selected for every variable."""
+    expr = expr.replace("$__rate_interval", "30s")
+    return re.sub(r"\$\{?(run_id|row|instance)\}?", ".*", expr)
+
+
+@pytest.mark.parametrize("name", ["run-overview.json", "live-recording.json"])
+def test_dashboards_choose_their_datasource_through_a_variable(name):
+    board = dashboard(name)
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for panel in board["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert all(t["datasource"]["uid"] == "${datasource}" for t in panel["targets"])
+    assert len({p["id"] for p in board["panels"]}) == len(board["panels"])
+
+
+def test_provisioning_files_point_grafana_at_the_dashboards():
+    providers = yaml.safe_load((DASHBOARDS / "provisioning/dashboards/omnitrace.yaml").read_text())
+    assert providers["providers"][0]["type"] == "file"
+    sources = yaml.safe_load((DASHBOARDS / "provisioning/datasources/prometheus.yaml").read_text())
+    assert sources["datasources"][0]["type"] == "prometheus"
+
+
+@pytest.fixture
+def prometheus_stack(tmp_path):
+    """Pushgateway + live metrics + a Prometheus scraping both every second."""
+    prom = shutil.which("prometheus")
+    gateway_bin = shutil.which("prometheus-pushgateway")
+    if not prom or not gateway_bin:
+        pytest.skip("Debian's prometheus and prometheus-pushgateway are needed (make setup)")
+    procs = []
+    live = LiveMetrics(port=0)
+    live.start()
+    try:
+        gw_port, prom_port = free_port(), free_port()
+        procs.append(subprocess.Popen([gateway_bin, f"--web.listen-address=127.0.0.1:{gw_port}"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        config = {"global": {"scrape_interval": f"{SCRAPE_S}s", "evaluation_interval": "1s"},
+                  "scrape_configs": [
+                      {"job_name": "omnitrace-record", "static_configs": [
+                          {"targets": [f"127.0.0.1:{live.port}"]}]},
+                      # honor_labels keeps each push's job and run_id
+                      {"job_name": "pushgateway", "honor_labels": True, "static_configs": [
+                          {"targets": [f"127.0.0.1:{gw_port}"]}]}]}
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        procs.append(subprocess.Popen(
+            [prom, f"--config.file={tmp_path / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{prom_port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        gateway, api = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{prom_port}"
+        wait_http(gateway + "/-/ready")
+        wait_http(api + "/-/ready")
+        yield live, gateway, api
+    finally:
+        live.stop()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def query(api: str, expr: str) -> list:
+    reply = httpx.get(api + "/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert reply["status"] == "success", (expr, reply)
+    return reply["data"]["result"]
+
+
+def wait_for(api: str, expr: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not query(api, expr):
+        assert time.monotonic() < deadline, f"Prometheus never had: {expr}"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_every_panel_returns_data_from_a_real_prometheus(prometheus_stack):
+    live, gateway, api = prometheus_stack
+    export_verdicts(sample_report("run-1"), pushgateway=gateway)
+    export_verdicts(sample_report("run-2"), pushgateway=gateway)
+    # a recording in progress: the synthetic server tree, then traffic over several scrapes
+    events = synthetic_events()
+    for event in events:
+        live.observe(event)
+    wait_for(api, 'omnitrace_traced_processes')
+    for step in range(4):
+        for status in (200, 503):
+            live.observe(Span(t=step, end=step + 1, name="GET /health", source="health",
+                              attributes={"http.request.method": "GET", "url.path": "/health",
+                                          "http.response.status_code": status}))
+        live.observe(GpuMemory(t=step, device=0, used=step << 30, total=80 << 30))
+        time.sleep(SCRAPE_S * 1.5)
+    # rates need two samples with a change between them, from both jobs
+    wait_for(api, 'count_over_time(omnitrace_events_total{kind="span"}[1m]) >= 3')
+    wait_for(api, 'omnitrace_run_scenarios{run_id="run-2"}')
+    empty = []
+    for name in ("run-overview.json", "live-recording.json"):
+        board = dashboard(name)
+        for title, expr in panel_queries(board):
+            if not query(api, concrete(expr)):
+                empty.append(f"{name}: {title}: {expr}")
+        for variable in board["templating"]["list"]:
+            if variable["type"] == "query":
+                label = re.match(r"label_values\((.*), (\w+)\)", variable["query"]["query"])
+                values = {r["metric"].get(label.group(2)) for r in query(api, concrete(label.group(1)))}
+                assert values - {None}, f"{name}: variable {variable['name']} has no values"
+    assert not empty, "panels without data:\n" + "\n".join(empty)
