@@ -13,7 +13,7 @@ from typing import Callable
 from omnitrace.events import signal_name
 from omnitrace.model.model import Model
 from omnitrace.model.process import Process
-from omnitrace.model.roles import HELPER, SERVE, Roles, RolePatterns, assign_roles, find_servers
+from omnitrace.model.roles import SERVE, Roles, RolePatterns, assign_roles, find_servers
 
 FAULT_SIGNALS = frozenset({1, 2, 3, 6, 9, 15})
 GROUP_GAP_NS = 3_000_000_000      # signals closer than this from one sender are one fault
@@ -191,8 +191,6 @@ def _oom_hogs(model: Model, roles: Roles) -> list[Scenario]:
         first = min((t for s in devices.values() for t, v in zip(s.times, s.values) if v > 0),
                     default=None)
         if first is None or not server.alive_at(first):
-            continue
-        if hog is not None and roles.of(hog) == HELPER:
             continue
         hog = model.process(pid, first)
         t = hog.start if (hog is not None and hog.start and hog.start <= first) else first

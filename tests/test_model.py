@@ -1,0 +1,105 @@
+"""The process model: lifetimes, re-parenting, pid reuse, roles and scenario detection."""
+from __future__ import annotations
+
+from omnitrace.model.build import build_model
+from omnitrace.model.roles import RolePatterns, assign_roles, find_servers
+from omnitrace.model.scenarios import find_scenarios
+from omnitrace.model.synthetic import TimelineBuilder, ns
+
+from tests.test_verify_rules import FAULT, HARNESS, INJECTOR, SERVE, TRACKER, WORKERS, server, sigkill_serve
+
+
+def test_orphan_is_reparented_at_its_parents_exit_and_confirmed_by_procfs():
+    model = build_model(sigkill_serve(server(), orphan=True).timeline())
+    orphan = model.process(102)
+    assert orphan.parent_at(ns(FAULT)) == SERVE
+    assert orphan.parent_at(ns(FAULT + 0.5)) == 1
+    assert orphan.parents[1].inferred and orphan.parents[1].t == ns(FAULT + 0.001)
+    assert orphan.alive_at(ns(40))
+
+
+def test_reaper_names_the_new_parent_of_an_orphan():
+    b = TimelineBuilder()
+    b.spawn(5, 1, "subreaper", 0).spawn(6, 5, "parent", 1).spawn(7, 6, "child", 2)
+    b.exit(6, 3).exit(7, 4).reap(5, 7, 4.1, code=0)
+    child = build_model(b.timeline()).process(7)
+    assert child.parent_at(ns(3.5)) == 5 and child.reaped_by == 5
+    assert child.exit_status() == (0, None)
+
+
+def test_a_reused_pid_is_a_new_process():
+    b = TimelineBuilder()
+    b.spawn(5, 1, "first", 0).exit(5, 1).reap(1, 5, 1.1).spawn(5, 1, "second", 2)
+    model = build_model(b.timeline())
+    assert model.process(5, ns(0.5)).name == "first"
+    assert model.process(5, ns(3)).name == "second"
+    assert not model.alive_at(5, ns(1.5)) and model.alive_at(5, ns(2.5))
+
+
+def test_exit_status_of_an_unreaped_process_comes_from_the_fatal_signal():
+    b = TimelineBuilder()
+    b.spawn(5, 1, "victim", 0).signal(9, 5, 9, 1.0).exit(5, 1.001)
+    assert build_model(b.timeline()).process(5).exit_status() == (None, 9)
+
+
+def test_roles_from_names_and_gpu_evidence():
+    model = build_model(server().timeline())
+    servers = find_servers(model, RolePatterns())
+    assert [s.pid for s in servers] == [SERVE]
+    roles = assign_roles(model, servers[0], RolePatterns())
+    assert {p.pid: roles.of(p) for p in roles.tree} == {
+        SERVE: "serve", TRACKER: "helper", **{pid: "worker" for pid in WORKERS}}
+
+
+def test_an_engine_is_a_worker_named_process_whose_children_hold_the_gpu():
+    b = TimelineBuilder()
+    b.spawn(100, 1, "python3", 0, cmdline=["vllm", " serve ", "x"], ports=[8000])
+    b.spawn(101, 100, "VLLM::EngineCore", 1).spawn(102, 101, "VLLM::Worker_TP0", 1.5)
+    b.gpu_proc(0, 102, 10, 2)
+    model = build_model(b.timeline())
+    roles = assign_roles(model, model.process(100), RolePatterns())
+    assert roles.of(model.process(101)) == "engine" and roles.of(model.process(102)) == "worker"
+
+
+def test_without_marks_a_fatal_signal_from_outside_the_tree_starts_a_scenario():
+    b = server()
+    b.health(3.0, FAULT, 0.5)
+    b.signal(INJECTOR, SERVE, 15, FAULT, disposition="handler")
+    b.signal(SERVE, 102, 15, FAULT + 0.5, disposition="handler")   # the server's own: not a fault
+    b.exit(102, FAULT + 1, code=143).exit(SERVE, FAULT + 2, code=0)
+    scenarios = find_scenarios(build_model(b.timeline(end=200)), RolePatterns(), lambda _: 100)
+    assert [(s.id, s.target, s.target_pids, s.origin) for s in scenarios] == [
+        ("no-load/sigterm/serve", "serve", [SERVE], "detected")]
+    assert scenarios[0].end == ns(FAULT + 100)
+
+
+def test_signals_close_together_from_one_sender_are_one_kill_all_fault():
+    b = server()
+    b.request(FAULT - 2, FAULT + 0.1, "chat", error="reset")
+    for n, pid in enumerate([SERVE, TRACKER, *WORKERS]):
+        b.signal(INJECTOR, pid, 9, FAULT + 0.1 * n)
+    (scenario,) = find_scenarios(build_model(b.timeline()), RolePatterns())
+    assert scenario.id == "under-load/sigkill/all" and len(scenario.target_pids) == 5
+
+
+def test_without_marks_a_gpu_hog_outside_the_tree_starts_an_oom_scenario():
+    b = server()
+    b.spawn(300, HARNESS, "python3", FAULT, cmdline=["python3", "hog.py"])
+    b.gpu_proc(0, 300, 59, FAULT + 0.5)
+    (scenario,) = find_scenarios(build_model(b.timeline()), RolePatterns())
+    assert (scenario.id, scenario.fault_t, scenario.target_pids) == ("oom/gpu-hog", ns(FAULT), [300])
+
+
+def test_marks_define_the_window_the_fault_and_the_server():
+    (scenario,) = find_scenarios(build_model(sigkill_serve(server()).timeline()), RolePatterns())
+    assert (scenario.id, scenario.origin, scenario.start, scenario.fault_t, scenario.signal) == (
+        "no-load/sigkill/serve", "marks", ns(9.0), ns(FAULT), 9)
+    assert scenario.server.pid == SERVE
+
+
+def test_request_spans_are_not_marks_and_hangs_have_no_end():
+    b = TimelineBuilder().request(1, None, "chat").request(2, 2.5, "health", status=503)
+    model = build_model(b.timeline())
+    assert model.marks == []
+    hang, probe = model.requests
+    assert hang.end is None and probe.failed and probe.kind == "health"
