@@ -33,12 +33,22 @@ class GpuUsage:
         self.totals: dict[int, int] = {}
         self.by_pid: dict[int, dict[int, Series]] = {}   # pid -> device -> bytes held
 
+    # Device samples are the bulk of a long recording (every 1-10 ms): keep this path lean.
     def device_sample(self, device: int, t: int, used: int, total: int, ref: int) -> None:
-        self.devices.setdefault(device, Series()).add(t, used, ref)
-        self.totals[device] = total
+        series = self.devices.get(device)
+        if series is None:
+            series = self.devices[device] = Series()
+            self.totals[device] = total
+        series.times.append(t)
+        series.values.append(used)
+        series.refs.append(ref)
 
     def process_sample(self, device: int, pid: int, t: int, used: int, ref: int) -> None:
-        self.by_pid.setdefault(pid, {}).setdefault(device, Series()).add(t, used, ref)
+        per_device = self.by_pid.setdefault(pid, {})
+        series = per_device.get(device)
+        if series is None:
+            series = per_device[device] = Series()
+        series.add(t, used, ref)
 
     def holders(self) -> set[int]:
         """Pids that held GPU memory at some point."""
