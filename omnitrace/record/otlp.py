@@ -19,13 +19,17 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest, ExportTraceServiceResponse)
-
 from omnitrace.events import Span
-from omnitrace.record.source import RecordContext, Source
+from omnitrace.record.source import RecordContext, Source, SourceUnavailable
+
+try:
+    from google.protobuf import json_format
+    from google.protobuf.message import DecodeError
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest, ExportTraceServiceResponse)
+    MISSING = ""
+except ImportError as exc:  # a sealed GPU machine may lack them: record without spans there
+    MISSING = f"{exc}; install opentelemetry-proto to receive spans"
 
 STATUS_NAMES = {0: "unset", 1: "ok", 2: "error"}
 PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
@@ -54,6 +58,8 @@ class OtlpReceiver(Source):
         return f"http://{host}:{port}"
 
     def prepare(self, ctx: RecordContext) -> dict[str, str]:
+        if MISSING:
+            raise SourceUnavailable(MISSING)
         self._ctx = ctx
         self._server = ThreadingHTTPServer(self._address, _Handler)
         self._server.daemon_threads = True
