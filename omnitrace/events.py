@@ -77,8 +77,8 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         d = {"kind": self.kind}
-        for f in dataclasses.fields(self):
-            d[f.name] = getattr(self, f.name)
+        for name in _FIELD_ORDER[type(self)]:
+            d[name] = getattr(self, name)
         return d
 
 
@@ -280,4 +280,5 @@ def event_from_dict(d: dict[str, Any]) -> Event:
     return cls(**{k: v for k, v in d.items() if k in names})
 
 
-_FIELD_NAMES = {cls: frozenset(f.name for f in dataclasses.fields(cls)) for cls in EVENT_TYPES.values()}
+_FIELD_ORDER = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in EVENT_TYPES.values()}
+_FIELD_NAMES = {cls: frozenset(names) for cls, names in _FIELD_ORDER.items()}
