@@ -7,6 +7,8 @@ import sys
 import click
 
 from omnitrace.gpu import alloc, sim
+from omnitrace.testbed import logs
+from omnitrace.testbed.orchestrator import Orchestrator
 from omnitrace.testbed.config import DEFECTS, TOPOLOGIES, TestbedConfig, check_defects, parse_size
 
 
@@ -45,8 +47,11 @@ def serve(host, port, topology, gpu_mem_per_stage, step_mem, tokens_per_s, defec
         gpu = f"sim:{os.environ[sim.ENV_VAR]}"
     else:
         gpu = alloc.kind()
-    from omnitrace.testbed.server import serve as run_server   # fastapi/uvicorn only when serving
-    sys.exit(run_server(host, port, config, gpu))
+    logs.setup("APIServer")
+    orch = Orchestrator(config)
+    orch.spawn()   # stages boot while the web stack is imported: ready sooner
+    from omnitrace.testbed.server import serve as run_server
+    sys.exit(run_server(host, port, config, orch, gpu))
 
 
 @testbed.command()

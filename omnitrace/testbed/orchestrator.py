@@ -34,8 +34,8 @@ class Stage:
     spec: StageSpec
     process: multiprocessing.process.BaseProcess
     conn: object
-    ready: asyncio.Future
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Future | None      # set by start(), on the event loop
+    exited: asyncio.Event | None = None
     alive: bool = True
     oom: str | None = None
     exitcode: int | None = None
@@ -66,8 +66,9 @@ class Orchestrator:
         self._shutdown_task: asyncio.Task | None = None
 
     # -- start ----------------------------------------------------------------------------
-    async def start(self, timeout_s: float = 60.0) -> None:
-        loop = asyncio.get_running_loop()
+    def spawn(self) -> None:
+        """Start the stage processes; called from the main thread before the server imports its
+        web stack, so the stages boot while it does."""
         ctx = multiprocessing.get_context("spawn")   # spawn also starts the resource tracker
         for spec in self.config.stages:
             parent_end, child_end = ctx.Pipe()
@@ -75,10 +76,18 @@ class Orchestrator:
                                   args=(spec, self.config, child_end, os.getpid()))
             process.start()
             child_end.close()   # so the stage's death reads as EOF here
-            stage = Stage(spec, process, parent_end, loop.create_future())
-            self.stages.append(stage)
-            loop.add_reader(parent_end.fileno(), self._receive, stage)
-            loop.add_reader(process.sentinel, self._exited, stage)
+            self.stages.append(Stage(spec, process, parent_end, None))
+
+    async def start(self, timeout_s: float = 60.0) -> None:
+        """Watch the spawned stages from the event loop and wait until each said ready."""
+        loop = asyncio.get_running_loop()
+        if not self.stages:
+            self.spawn()
+        for stage in self.stages:
+            stage.ready = loop.create_future()
+            stage.exited = asyncio.Event()
+            loop.add_reader(stage.conn.fileno(), self._receive, stage)
+            loop.add_reader(stage.process.sentinel, self._exited, stage)
         try:
             await asyncio.wait_for(asyncio.gather(*(s.ready for s in self.stages)), timeout_s)
         except asyncio.TimeoutError:
@@ -204,7 +213,10 @@ class Orchestrator:
         # The sentinel closes as the stage exits, a moment before it can be waited for.
         stage.process.join(0)
         stage.exitcode = stage.process.exitcode
-        if stage.exitcode is None and attempts > 0:
+        if stage.exitcode is not None:
+            log.info("[Orchestrator] Stage %d (pid %d) reaped, exit code %d", stage.spec.index,
+                     stage.process.pid, stage.exitcode)
+        elif attempts > 0:
             asyncio.get_running_loop().call_later(0.01, self._reap, stage, attempts - 1)
 
     # -- shutdown -------------------------------------------------------------------------

@@ -280,10 +280,8 @@ class TestbedServer(uvicorn.Server):
         self.orch.begin_shutdown()
 
 
-def serve(host: str, port: int, config: TestbedConfig, gpu: str) -> int:
+def serve(host: str, port: int, config: TestbedConfig, orch: Orchestrator, gpu: str) -> int:
     """Run until shut down; returns the exit status (a signal may end the process first)."""
-    logs.setup("APIServer")
-    orch = Orchestrator(config)
     uv_config = uvicorn.Config(build_app(config, orch), host=host, port=port, lifespan="on",
                                access_log=False, log_config=logs.uvicorn_log_config(),
                                timeout_graceful_shutdown=None)
