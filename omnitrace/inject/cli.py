@@ -74,3 +74,34 @@ def load(url: str, kind: str, rate: float, count: int, concurrency: int, timeout
     runner = Load(url, kind, rate, count, concurrency, timeout_s, model)
     results = asyncio.run(asyncio.wait_for(runner.run(), runner.bound_s()))
     click.echo(summary_table(results))
+
+
+@click.command("run")
+@click.option("--serve", metavar="CMD", default=None,
+              help="server command; {port} becomes a free port (default: the built-in testbed)")
+@click.option("--url", metavar="URL", default=None,
+              help="the server's base URL  [default: http://127.0.0.1:{port}]")
+@click.option("--matrix", "matrix_file", metavar="FILE", default=None,
+              help="a matrix YAML file (default: the built-in vllm-omni matrix)")
+@click.option("--scenarios", "glob", metavar="GLOB", default=None,
+              help="run only rows whose id matches, e.g. 'under-load/*'")
+@click.option("--out", metavar="DIR", default=None,
+              help="keep each row's timeline, log and DIR/report.json here")
+@click.option("--no-bpf", is_flag=True, help="record with procfs polling instead of BPF")
+@click.option("-v", "--verbose", is_flag=True, help="show evidence for passing rules too")
+def matrix_run(serve, url, matrix_file, glob, out, no_bpf, verbose):
+    """Run matrix rows against a server, each in its own recording, then verify them.
+
+    Exit status as verify: 0 all pass, 1 any failure (or a row that could not run), 2 bad input."""
+    from omnitrace.inject.runner import run_matrix, runs_table
+    from omnitrace.verify.matrix import load_matrix
+    from omnitrace.verify.table import render
+    matrix = load_matrix(matrix_file)
+    report, runs, code, kept = run_matrix(matrix, serve, url, glob, out,
+                                          ["--no-bpf"] if no_bpf else [])
+    click.echo(render(report, verbose))
+    click.echo("")
+    click.echo(runs_table(runs, report))
+    if kept:
+        click.echo(f"timelines and report.json in {kept}")
+    raise click.exceptions.Exit(code)

@@ -201,13 +201,17 @@ def _finish_span(span, r: RequestResult) -> None:
     attributes = {"omnitrace.request.end_reason": r.end_reason, "omnitrace.request.bytes": r.nbytes,
                   "http.response.body.size": r.nbytes}
     if r.status is not None:
-        attributes["http.response.status_code"] = r.status
+        attributes["omnitrace.request.first_status"] = r.status
+        # A 2xx whose body was cut off (reset, truncated, cancelled) is no answer: the status
+        # code is only set when the exchange completed, so verify counts the cut as a failure.
+        if r.end_reason in ("completed", "4xx", "5xx"):
+            attributes["http.response.status_code"] = r.status
     if r.ttfb_s is not None:
         attributes["omnitrace.request.ttfb_s"] = round(r.ttfb_s, 6)
     if r.openai_error is not None:
         attributes["omnitrace.response.openai_error"] = r.openai_error
-    if r.end_reason not in ("completed",):
-        attributes["error.type"] = str(r.status) if r.status else r.end_reason
+    if r.end_reason != "completed":
+        attributes["error.type"] = str(r.status) if r.end_reason in ("4xx", "5xx") else r.end_reason
         span.set_status(Status(StatusCode.ERROR, r.end_reason))
     span.set_attributes(attributes)
     span.end()

@@ -95,6 +95,8 @@ class Server:
                 self.proc.wait(term_grace_s)
             except subprocess.TimeoutExpired:
                 pass
+        # Helpers (multiprocessing's resource tracker) leave by themselves once the root is gone.
+        psutil.wait_procs(self.alive(), timeout=3)
         killed = []
         for proc in self.alive():
             try:

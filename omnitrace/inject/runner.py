@@ -1,0 +1,243 @@
+"""`omnitrace matrix run`: every selected matrix row in its own recording, then one verify.
+
+Per row: `omnitrace record -o DIR/<row>.jsonl --health-url URL/health -- python -m
+omnitrace.inject.scenario ROW ...` (the scenario driver does the row; the recorder sees it all),
+then verify reads the timeline. The runner itself only schedules, shows progress, and makes sure
+nothing outlives a row: it remembers every descendant of the recording and kills what is left.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+import psutil
+
+from omnitrace.errors import OmnitraceError
+from omnitrace.inject.server import free_port
+from omnitrace.timeline import TimelineError, read_timeline
+from omnitrace.verify.engine import verify_timeline
+from omnitrace.verify.matrix import Matrix, Row
+from omnitrace.verify.report import Report
+
+PHASE_LINE = re.compile(r"^omnitrace-phase: (\S+)")
+STARTUP_TIMEOUT_S = 120.0
+ROW_SLACK_S = 60.0    # beyond startup + window: recorder start and finish, clean-up
+
+
+def testbed_command() -> str:
+    """The built-in system under test: the testbed, run by this same Python."""
+    return f"{sys.executable} -m omnitrace.cli testbed serve --port {{port}}"
+
+
+@dataclass
+class RowRun:
+    row: Row
+    timeline: Path
+    outcome: dict = field(default_factory=dict)
+    returncode: int | None = None
+    elapsed_s: float = 0.0
+    problem: str | None = None          # why the row did not run to the end
+    swept: list[str] = field(default_factory=list)  # processes the runner had to kill
+
+
+class Progress:
+    """One live line on a terminal; one line per phase change elsewhere (CI logs)."""
+
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.stream = total, stream
+        self.tty = stream.isatty()
+        self.last: tuple[int, str] | None = None
+
+    def show(self, index: int, row: str, phase: str, elapsed: float, final: bool = False) -> None:
+        text = f"[{index}/{self.total}] {row:<28} {phase:<10} {elapsed:6.1f} s"
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+        elif (index, phase) != self.last:
+            self.stream.write(text + "\n")
+        self.last = (index, phase)
+        self.stream.flush()
+
+
+def select_rows(matrix: Matrix, glob: str | None) -> list[Row]:
+    rows = [r for r in matrix.rows if not glob or fnmatchcase(r.id, glob)]
+    if not rows:
+        raise OmnitraceError(f"--scenarios {glob!r} matches no row of matrix {matrix.name}; "
+                             f"`omnitrace matrix show` lists them")
+    return rows
+
+
+def scenario_command(row: Row, serve: str, port: int, url: str, outcome: Path,
+                     record_args: list[str], timeline: Path) -> list[str]:
+    target = row.pattern if row.target == "pattern" and row.pattern else row.target
+    driver = [sys.executable, "-m", "omnitrace.inject.scenario", row.id, "--fault", row.fault,
+              "--target", target, "--observe", str(row.observe_s), "--serve", serve,
+              "--port", str(port), "--url", url, "--report", str(outcome),
+              "--startup-timeout", str(STARTUP_TIMEOUT_S)]
+    if row.load:
+        driver.append("--load")
+    return [sys.executable, "-m", "omnitrace.cli", "record", "-o", str(timeline),
+            "--health-url", url + "/health", *record_args, "--", *driver]
+
+
+def run_row(row: Row, index: int, serve: str, url_template: str, out: Path, progress: Progress,
+            record_args: list[str]) -> RowRun:
+    port = free_port()
+    url = url_template.replace("{port}", str(port)).rstrip("/")
+    slug = row.id.replace("/", "_")
+    run = RowRun(row, out / f"{slug}.jsonl")
+    outcome_path = out / f"{slug}.outcome.json"
+    argv = scenario_command(row, serve, port, url, outcome_path, record_args, run.timeline)
+    t0 = time.monotonic()
+    bound = STARTUP_TIMEOUT_S + row.observe_s + ROW_SLACK_S
+    log = open(out / f"{slug}.log", "w")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.PIPE, text=True)
+    phase = {"now": "recording"}
+    reader = threading.Thread(target=_read_phases, args=(proc, log, phase), daemon=True)
+    reader.start()
+    seen: dict[int, psutil.Process] = {}
+    try:
+        while proc.poll() is None:
+            _remember(proc.pid, seen)
+            elapsed = time.monotonic() - t0
+            progress.show(index, row.id, phase["now"], elapsed)
+            if elapsed > bound:
+                run.problem = f"did not finish within {bound:.0f} s; stopped"
+                _stop(proc)
+                break
+            time.sleep(0.25)
+    except KeyboardInterrupt:
+        run.problem = "interrupted"
+        _stop(proc)
+        raise
+    finally:
+        proc.wait()
+        reader.join(5)
+        log.close()
+        run.swept = _sweep(seen)
+        run.elapsed_s = time.monotonic() - t0
+        run.returncode = proc.returncode
+        progress.show(index, row.id, "interrupted" if run.problem == "interrupted" else "done",
+                      run.elapsed_s, final=True)
+    if outcome_path.exists():
+        run.outcome = json.loads(outcome_path.read_text())
+        if run.outcome.get("error") and not run.problem:
+            run.problem = run.outcome["error"]
+    elif not run.problem:
+        run.problem = f"the recording exited with status {proc.returncode}; see {log.name}"
+    return run
+
+
+def _read_phases(proc: subprocess.Popen, log, phase: dict) -> None:
+    for line in proc.stderr:
+        log.write(line)
+        match = PHASE_LINE.match(line)
+        if match:
+            phase["now"] = match.group(1)
+
+
+def _remember(root: int, seen: dict[int, psutil.Process]) -> None:
+    try:
+        for child in psutil.Process(root).children(recursive=True):
+            seen.setdefault(child.pid, child)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGINT first: the recorder finishes its file and the driver cleans up; then SIGKILL."""
+    for sig, wait_s in ((signal.SIGINT, 20), (signal.SIGKILL, 5)):
+        if proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _sweep(seen: dict[int, psutil.Process]) -> list[str]:
+    """Kill whatever the row started that is still running (is_running checks the start time,
+    so a recycled pid is safe)."""
+    left = []
+    for proc in seen.values():
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{proc.pid} {proc.name()}")
+                proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(list(seen.values()), timeout=5)
+    return left
+
+
+def verify_runs(runs: list[RowRun], matrix: Matrix) -> Report:
+    """One report over all rows: each row's timeline verified for that row's scenario."""
+    report = Report(timeline=str(runs[0].timeline.parent) if runs else "", matrix=matrix.name,
+                    scenarios=[], warnings=[])
+    for run in runs:
+        if run.problem:
+            report.warnings.append(f"{run.row.id}: {run.problem}")
+        for line in run.outcome.get("leftovers", []) + run.swept:
+            report.warnings.append(f"{run.row.id}: leftover process {line} (killed)")
+        try:
+            timeline = read_timeline(run.timeline, lenient=True)
+        except TimelineError as exc:
+            report.warnings.append(f"{run.row.id}: no usable timeline: {exc}")
+            continue
+        row_report = verify_timeline(timeline, matrix, scenario_glob=run.row.id)
+        if not row_report.scenarios:
+            report.warnings.append(f"{run.row.id}: verify found no scenario in {run.timeline}")
+        report.scenarios.extend(row_report.scenarios)
+    return report
+
+
+def exit_code(report: Report, runs: list[RowRun], rows: list[Row]) -> int:
+    """As verify: 1 on any failure; a row that did not run or left no scenario fails too."""
+    found = {s.id for s in report.scenarios}
+    if any(r.problem for r in runs) or any(r.id not in found for r in rows):
+        return 1
+    return report.exit_code()
+
+
+def run_matrix(matrix: Matrix, serve: str | None, url: str | None, glob: str | None,
+               out: str | None, record_args: list[str]) -> tuple[Report, list[RowRun], int, Path | None]:
+    rows = select_rows(matrix, glob)
+    keep = out is not None
+    directory = Path(out) if keep else Path(tempfile.mkdtemp(prefix="omnitrace-matrix-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    progress = Progress(len(rows))
+    runs: list[RowRun] = []
+    try:
+        for index, row in enumerate(rows, start=1):
+            runs.append(run_row(row, index, serve or testbed_command(),
+                                url or "http://127.0.0.1:{port}", directory, progress, record_args))
+        report = verify_runs(runs, matrix)
+        if keep:
+            (directory / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
+        return report, runs, exit_code(report, runs, rows), directory if keep else None
+    finally:
+        if not keep:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def runs_table(runs: list[RowRun], report: Report) -> str:
+    verdicts = {s.id: s.verdict for s in report.scenarios}
+    lines = [f"{'row':<28} {'verdict':<13} {'seconds':>7}  notes"]
+    for run in runs:
+        verdict = verdicts.get(run.row.id, "not run" if run.problem else "no scenario")
+        notes = run.problem or ("settled early" if run.outcome.get("settled") else "full window")
+        lines.append(f"{run.row.id:<28} {verdict:<13} {run.elapsed_s:7.1f}  {notes}")
+    total = sum(r.elapsed_s for r in runs)
+    lines.append(f"{len(runs)} row(s) in {total:.1f} s")
+    return "\n".join(lines)
