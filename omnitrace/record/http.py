@@ -1,6 +1,6 @@
 """The health prober: GET the traced server's health endpoint 20 times a second and write each
 probe as an HTTP client span (OpenTelemetry conventions, source "probe"): its status code, or how it
-failed (refused, reset, closed, timeout), and its latency. That is the evidence for "health turned
+failed (refused, reset, timeout), and its latency. That is the evidence for "health turned
 503 (or stopped answering) N ms after the fault", measured far finer than a 0.5 s poll.
 
 Where to probe: `--health-url`, or discovered as `/health` on the port the traced tree listens on
@@ -104,8 +104,7 @@ class HealthProber(Source):
             end = time.monotonic_ns()
             attributes["http.response.status_code"] = response.status_code
             if response.status_code >= 400:
-                attributes["error.type"] = str(response.status_code)
-                status = "error"
+                status = "error"  # error.type stays for failures without an answer (marks.md)
             self._count["answered"] += 1
         except httpx.HTTPError as exc:
             end = time.monotonic_ns()
@@ -120,8 +119,8 @@ class HealthProber(Source):
 
 
 def error_kind(exc: BaseException) -> str:
-    """How a request failed, as docs/marks.md names it: refused, reset, closed, timeout, or
-    connect_error for anything else that kept us from an answer."""
+    """How a request failed, as docs/marks.md names it: refused, reset (also a connection closed
+    without an answer), timeout, or connect_error for anything else that kept us from an answer."""
     if isinstance(exc, httpx.TimeoutException):
         return "timeout"
     cause: BaseException | None = exc
@@ -134,7 +133,7 @@ def error_kind(exc: BaseException) -> str:
             return "timeout"
         cause = cause.__cause__ or cause.__context__
     if isinstance(exc, httpx.RemoteProtocolError):
-        return "closed"  # accepted, then closed without an answer
+        return "reset"  # accepted, then closed without an answer
     return "connect_error"
 
 
