@@ -155,3 +155,38 @@ def test_unknown_signal_is_refused(server):
     proc, tree, tmp = server
     with pytest.raises(InjectionRefused, match="unknown signal"):
         inject_signal(proc.pid, "serve", "BOGUS")
+
+
+def test_fault_mark_reaches_the_recorder_with_the_signalled_pids(server):
+    from omnitrace.record.otlp import OtlpReceiver
+    from omnitrace.record.source import RecordContext
+    proc, tree, tmp = server
+    spans = []
+    receiver = OtlpReceiver()
+    ctx = RecordContext(emit=spans.append)
+    env = {**os.environ, **receiver.prepare(ctx), "OMNITRACE_SCENARIO": "no-load/sigterm/serve"}
+    receiver.start(ctx)
+    try:
+        cli = subprocess.run([sys.executable, "-m", "omnitrace.inject", "signal", "--server",
+                              str(proc.pid), "--target", "serve", "--signal", "TERM"],
+                             env=env, capture_output=True, text=True, timeout=30)
+        assert cli.returncode == 0, cli.stderr
+        assert wait_for(lambda: spans, 5)  # exported before the command returned
+    finally:
+        receiver.stop()
+    (mark,) = spans
+    assert mark.attributes["omnitrace.mark"] == "fault"
+    assert mark.attributes["omnitrace.fault.signal"] == "SIGTERM"
+    assert mark.attributes["omnitrace.fault.target"] == "serve"
+    assert list(mark.attributes["omnitrace.fault.pids"]) == [proc.pid]
+    assert mark.attributes["omnitrace.scenario"] == "no-load/sigterm/serve"
+    assert proc.wait(timeout=10) == 128 + signal.SIGTERM
+
+
+def test_cli_refusal_is_one_line_and_exit_2():
+    cli = subprocess.run([sys.executable, "-m", "omnitrace.inject", "signal", "--server", "1",
+                          "--target", "serve", "--signal", "KILL"],
+                         capture_output=True, text=True, timeout=30)
+    assert cli.returncode == 2
+    assert cli.stderr.strip().splitlines() == [
+        "omnitrace: error: --server: refusing to signal pid 1 (init or a process group)"]
