@@ -339,3 +339,28 @@ def test_oom_contract_fails_on_speech_400_and_on_server_exit():
 
 def test_oom_contract_is_inconclusive_without_the_response_body():
     assert verdicts(oom(server(), chat=(500, None)))["oom-contract"].verdict == "inconclusive"
+
+
+def test_graceful_shutdown_accepts_a_signal_reraised_after_the_handler():
+    b = server()
+    b.signal(INJECTOR, SERVE, 15, FAULT, disposition="handler")
+    children_die(b, FAULT + 0.1, reaper=SERVE, code=143)
+    b.signal(SERVE, SERVE, 15, FAULT + 0.2)              # uvicorn re-raises after its shutdown
+    b.exit(SERVE, FAULT + 0.201)
+    b.reap(HARNESS, SERVE, FAULT + 0.21, sig=15)
+    b.mark("scenario", 9.0, FAULT + 1.5, scenario="no-load/sigterm/serve", server_pid=SERVE)
+    b.mark("fault", FAULT, FAULT, scenario="no-load/sigterm/serve", fault_signal="SIGTERM",
+           fault_target="serve", fault_pids=[SERVE])
+    rules = verdicts(b)
+    assert rules["graceful-shutdown"].verdict == "pass"
+    assert "re-raised SIGTERM" in rules["graceful-shutdown"].evidence[0].text
+    # the window is shorter than residue_s, yet everything was reaped inside it
+    assert rules["no-zombies"].verdict == "pass"
+
+
+def test_graceful_shutdown_fails_when_killed_by_someone_else_after_the_handler():
+    b = sigterm_serve(server())
+    b.events = [e for e in b.events if not (e.kind == "reap" and e.pid == SERVE)]
+    b.signal(INJECTOR, SERVE, 15, FAULT + 3.9)
+    b.reap(HARNESS, SERVE, FAULT + 4.01, sig=15)
+    assert verdicts(b)["graceful-shutdown"].verdict == "fail"

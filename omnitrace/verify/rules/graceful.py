@@ -1,6 +1,6 @@
 """graceful-shutdown: after SIGTERM/SIGINT each target ran a handler (not the default action),
-exited by itself (exit_group, no killing signal) and with a clean status: 0 or 128+signal (what
-vLLM's handlers raise as SystemExit)."""
+exited by itself and with a clean status: 0 or 128+signal (what vLLM's handlers raise as
+SystemExit), or killed by the same signal re-raised by itself after the handler (uvicorn)."""
 from __future__ import annotations
 
 from omnitrace.events import signal_name
@@ -27,6 +27,12 @@ def _one(ctx: Context, proc) -> tuple[str, str, int | None, int | None, float | 
                 "it did not exit in the window", receipt.delivered_t, receipt.deliver_ref, None)
     took = (proc.exit_t - receipt.delivered_t) / 1e9
     code, killer = proc.exit_status()
+    if killer == sig and _reraised(proc, receipt):
+        # uvicorn's way: shut down in the handler, then re-raise the signal to itself so the exit
+        # status still says "terminated by SIGTERM". The shutdown ran; that is a clean exit.
+        return (PASS, f"{proc.label()}: handler at {ctx.at(receipt.delivered_t)}, shut down and "
+                f"re-raised {_name(sig)} to itself at {ctx.at(proc.exit_t)}", proc.exit_t,
+                proc.exit_ref, took)
     if killer is not None:
         return (FAIL, f"{proc.label()}: handler ran, then it was killed by {_name(killer)} at "
                 f"{ctx.at(proc.exit_t)}", proc.exit_t, proc.exit_ref, took)
@@ -37,6 +43,13 @@ def _one(ctx: Context, proc) -> tuple[str, str, int | None, int | None, float | 
     return (PASS if clean else FAIL, f"{proc.label()}: handler at {ctx.at(receipt.delivered_t)}, "
             f"exited with status {code} at {ctx.at(proc.exit_t)}", proc.exit_t,
             proc.exit_group_ref or proc.reap_ref or proc.exit_ref, took)
+
+
+def _reraised(proc, handled) -> bool:
+    """The fatal delivery came after the handler and was sent by the process itself."""
+    fatal = proc.fatal_signal()
+    return (fatal is not None and fatal.sender_pid == proc.pid and fatal.delivered_t is not None
+            and fatal.delivered_t >= handled.delivered_t)
 
 
 def _name(sig: int | None) -> str:

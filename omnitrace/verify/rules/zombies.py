@@ -11,11 +11,14 @@ from omnitrace.verify.rules.residue import tree_after_fault
 
 def check(ctx: Context) -> Result:
     limit = ctx.deadline("residue_s")
-    if ctx.end < limit:
-        return Result(INCONCLUSIVE, summary=f"the window ends at {ctx.at(ctx.end)}, before the limit")
-    exited = [p for p in tree_after_fault(ctx) if p.exit_t is not None and p.exit_t <= limit]
+    tree = tree_after_fault(ctx)
+    exited = [p for p in tree if p.exit_t is not None and p.exit_t <= limit]
     if not exited:
         return Result(INCONCLUSIVE, summary="no process of the tree exited by the limit")
+    # A short window still decides when everything was reaped inside it.
+    if ctx.end < limit and any(p.reap_t is None or p.exit_t is None for p in tree):
+        return Result(INCONCLUSIVE, summary=f"the window ends at {ctx.at(ctx.end)}, before the "
+                      "limit, with processes not yet reaped")
     if not ctx.model.source_ran("kernel"):
         seen = [p for p in exited if p.zombie_seen_t is not None and p.zombie_seen_t > limit]
         if seen:
