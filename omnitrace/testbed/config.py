@@ -15,7 +15,7 @@ DEFECTS = {
     "exit-on-oom": "an allocation failure kills the stage and the whole server exits (#4285)",
     "healthy-under-oom": "under OOM /health and chat answer 200 (chat with an empty completion)",
     "speech-400-under-oom": "under OOM /v1/audio/speech answers 400 instead of a 5xx (#4285 follow-up)",
-    "ignore-sigterm": "stage 0 ignores SIGTERM (so PR_SET_PDEATHSIG's SIGTERM too)",
+    "ignore-sigterm": "stage 0 ignores SIGTERM (it still exits when its pipe to the server closes)",
     "zombie-stage": "a dead stage is never reaped: it stays a zombie while the server lives",
     "stale-health": "/health stays 200 after a stage died (requests still fail)",
     "hang-on-stage-death": "in-flight requests are not failed when a stage dies: they hang (#3683)",
