@@ -247,7 +247,9 @@ class Span(Event):
     status: str = "unset"  # OTel status code: unset, ok, error
 
     def is_mark(self) -> bool:
-        return any(k.startswith("omnitrace.") for k in self.attributes)
+        """Scenario, fault and OOM marks carry `omnitrace.mark` (docs/marks.md); request spans
+        may carry other `omnitrace.*` attributes and are not marks."""
+        return "omnitrace.mark" in self.attributes
 
 
 @dataclass(slots=True)
@@ -272,12 +274,17 @@ class UnknownEventKind(ValueError):
 
 def event_from_dict(d: dict[str, Any]) -> Event:
     """Build the typed event for one decoded line. Fields a newer writer added are ignored."""
-    kind = d.get("kind")
+    kind = d.pop("kind", None)
     cls = EVENT_TYPES.get(kind)
     if cls is None:
         raise UnknownEventKind(f"unknown event kind {kind!r}")
-    names = _FIELD_NAMES[cls]
-    return cls(**{k: v for k, v in d.items() if k in names})
+    try:
+        return cls(**d)
+    except TypeError:
+        # A field this version does not know (a newer writer) or one missing: retry with the
+        # known ones only, so a missing required field still fails loudly.
+        names = _FIELD_NAMES[cls]
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 _FIELD_ORDER = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in EVENT_TYPES.values()}

@@ -16,8 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+try:  # orjson parses and writes lines 3-5x faster; the stdlib serves where it is missing
+    import orjson
+except ImportError:
+    orjson = None
+
 from omnitrace.errors import OmnitraceError
-from omnitrace.events import Event, UnknownEventKind, event_from_dict
+from omnitrace.events import EVENT_TYPES, Event, UnknownEventKind, event_from_dict
 
 FORMAT = "omnitrace-timeline"
 VERSION = 1
@@ -81,10 +86,10 @@ class TimelineWriter:
         self._flusher.start()
 
     def _write_line(self, obj: dict[str, Any]) -> None:
-        self._file.write(json.dumps(obj, separators=(",", ":"), default=_json_default) + "\n")
+        self._file.write(_dumps(obj) + "\n")
 
     def append(self, event: Event) -> None:
-        line = json.dumps(event.to_dict(), separators=(",", ":"), default=_json_default) + "\n"
+        line = _dumps(event.to_dict()) + "\n"
         with self._lock:
             if self._closed:
                 return
@@ -119,6 +124,12 @@ class TimelineWriter:
             os.fsync(self._file.fileno())
             self._file.close()
             self._closed = True
+
+
+def _dumps(obj: dict[str, Any]) -> str:
+    if orjson is not None:
+        return orjson.dumps(obj, default=_json_default).decode()
+    return json.dumps(obj, separators=(",", ":"), default=_json_default)
 
 
 def _json_default(obj: Any) -> Any:
@@ -180,14 +191,50 @@ def read_timeline(path: str | os.PathLike, lenient: bool = False) -> Timeline:
     if not lines or not lines[0].strip():
         raise TimelineError(path, 1, "empty file: not an omnitrace timeline")
     header = _parse_header(path, lines[0])
+    body = [raw for raw in lines[1:] if raw.strip()]
+    events, footer = _read_body_fast(body)
+    if events is None:  # something is wrong in the body: find the lines, one by one
+        events, footer = _read_body_by_line(path, lines, lenient, warnings)
+    if footer is None:
+        warnings.append(f"{path}: truncated: no footer (the recorder did not finish the file)")
+    # Sources write from separate threads, so the file is only roughly in time order.
+    events.sort(key=_event_time)
+    return Timeline(header=header, events=events, footer=footer, path=str(path), warnings=warnings)
+
+
+def _read_body_fast(body: list[bytes]) -> tuple[list[Event] | None, dict | None]:
+    """The clean case in one tight loop (the 1,000,000-event target). Returns (None, None) at
+    the first problem of any kind, and the careful reader then names the line."""
+    loads, types = _loads, EVENT_TYPES
+    events: list[Event] = []
+    append = events.append
+    footer = None
+    try:
+        for raw in body:
+            obj = loads(raw)
+            kind = obj.pop("kind")
+            cls = types.get(kind)
+            if cls is not None:
+                append(cls(**obj))
+            elif kind == "footer":
+                obj["kind"] = kind
+                footer = obj
+            else:
+                return None, None
+    except (ValueError, TypeError, AttributeError, KeyError):
+        return None, None
+    return events, footer
+
+
+def _read_body_by_line(path: Path, lines: list[bytes], lenient: bool,
+                       warnings: list[str]) -> tuple[list[Event], dict | None]:
     events: list[Event] = []
     footer = None
-    loads = json.loads
     for number, raw in enumerate(lines[1:], start=2):
         if not raw.strip():
             continue
         try:
-            obj = loads(raw)
+            obj = _loads(raw)
             if obj.get("kind") == "footer":
                 footer = obj
                 continue
@@ -197,11 +244,10 @@ def read_timeline(path: str | os.PathLike, lenient: bool = False) -> Timeline:
             if not lenient:
                 raise TimelineError(path, number, problem + "; use --lenient to skip bad lines") from None
             warnings.append(f"{path}:{number}: skipped: {problem}")
-    if footer is None:
-        warnings.append(f"{path}: truncated: no footer (the recorder did not finish the file)")
-    # Sources write from separate threads, so the file is only roughly in time order.
-    events.sort(key=_event_time)
-    return Timeline(header=header, events=events, footer=footer, path=str(path), warnings=warnings)
+    return events, footer
+
+
+_loads = orjson.loads if orjson is not None else json.loads
 
 
 def _event_time(event: Event) -> int:
@@ -228,7 +274,7 @@ def write_timeline(path: str | os.PathLike, header: dict[str, Any], events: Iter
         out.write(json.dumps(header, separators=(",", ":")) + "\n")
         count = 0
         for event in events:
-            out.write(json.dumps(event.to_dict(), separators=(",", ":"), default=_json_default) + "\n")
+            out.write(_dumps(event.to_dict()) + "\n")
             count += 1
         if footer is not None:
             out.write(json.dumps({"kind": "footer", "events": count, **footer}, separators=(",", ":")) + "\n")
