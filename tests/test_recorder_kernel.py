@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -146,3 +147,28 @@ def test_show_json_contract(recording):
     assert views[pids["orphan"]]["reaped_by"] == pids["parent"]
     assert views[pids["renamed"]]["name"].startswith("VLLM::StageEngi")
     assert views[pids["parent"]]["start"] >= 0 and views[pids["parent"]]["exit"] > 0
+
+
+@pytest.fixture
+def small_memory_cgroup():
+    """A memory cgroup limited to 32 MiB (cgroup v1 here and in CI)."""
+    v1 = "/sys/fs/cgroup/memory"
+    if not os.path.isdir(v1):
+        pytest.skip("no cgroup v1 memory controller to confine an OOM to")
+    path = os.path.join(v1, f"omnitrace-test-{os.getpid()}")
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "memory.limit_in_bytes"), "w") as limit:
+        limit.write(str(32 << 20))
+    yield path
+    os.rmdir(path)
+
+
+def test_kernel_oom_kill_is_recorded(tmp_path, small_memory_cgroup):
+    from tests.recording import WORKLOADS, start_recording
+    path = tmp_path / "oom.jsonl"
+    proc = start_recording(path, [sys.executable, str(WORKLOADS / "host_oom.py"), small_memory_cgroup])
+    assert proc.wait(timeout=60) == 128 + 9
+    timeline = read_timeline(path)
+    victim = one(timeline, ev.OomKill)
+    assert victim.pid == timeline.events[0].pid  # the recorded command itself
+    assert one(timeline, ev.Reap, pid=victim.pid).signal == 9

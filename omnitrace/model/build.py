@@ -112,7 +112,11 @@ class _Builder:
         if last is None:
             proc.parents.append(ParentChange(e.t, e.ppid, i))
         elif last.ppid is None:
-            last.ppid = e.ppid      # confirms an inferred re-parenting
+            # Confirms an inferred re-parenting, unless the snapshot was taken in the instant
+            # between the old parent's exit record and the kernel handing the child over.
+            before = proc.parents[-2].ppid if len(proc.parents) > 1 else None
+            if e.ppid != before:
+                last.ppid = e.ppid
         elif last.ppid != e.ppid:
             proc.parents.append(ParentChange(e.t, e.ppid, i))  # seen by procfs only
         self.model.index_child(proc)
