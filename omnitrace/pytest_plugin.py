@@ -1,10 +1,202 @@
-"""pytest plugin (entry point `pytest11`): registers the `omnitrace` marker.
+"""pytest plugin (entry point `pytest11`): fault-injection tests whose evidence lands on a timeline.
 
-The fixtures for starting a server, injecting faults and running load arrive with the matrix
-runner issue; until then the marker is only registered so suites that use it collect cleanly.
+    @pytest.mark.omnitrace(row="under-load/sigterm/serve")
+    def test_sigterm(omnitrace_server, omnitrace_load, omnitrace_inject):
+        omnitrace_load(kind="chat-stream").wait_in_flight()
+        omnitrace_inject.signal("serve", "TERM")
+        assert omnitrace_server.wait_gone(90)
+
+Run under the recorder and verify, with no extra flags:
+
+    sudo omnitrace record -o run.jsonl -- pytest tests/reliability --omnitrace-serve 'vllm serve ... --port {port}'
+    omnitrace verify run.jsonl
+
+The marker opens a scenario mark (a span, docs/marks.md) before the server starts and closes it
+before the server is stopped, so clean-up kills never count as the fault's effects. Faults, load
+requests and health polls are spans too, all sent with the OTel SDK to the recorder's receiver.
+Every process a fixture starts is stopped at teardown, and every wait has a deadline.
 """
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from omnitrace.inject import marks, oom
+from omnitrace.inject.load import Load, RequestResult
+from omnitrace.inject.probes import probe
+from omnitrace.inject.server import Server, child_env, expand, free_port
+from omnitrace.inject.signals import SignalFault, inject_signal
+
+MARKER = "omnitrace"
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("omnitrace", "fault injection against a serving process tree")
+    group.addoption("--omnitrace-serve", metavar="CMD", default=None,
+                    help="server command, {port} replaced by a free port (default: the testbed)")
+    group.addoption("--omnitrace-url", metavar="URL", default="http://127.0.0.1:{port}",
+                    help="the server's base URL [default: http://127.0.0.1:{port}]")
+    group.addoption("--omnitrace-startup-timeout", type=float, default=120.0, metavar="S",
+                    help="seconds to wait for /health 200 [default: 120]")
 
 
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "omnitrace(row): ties a test to a row of the fault-injection matrix")
+
+
+def _row(request) -> str | None:
+    marker = request.node.get_closest_marker(MARKER)
+    if marker is None:
+        return None
+    return marker.kwargs.get("row") or (marker.args[0] if marker.args else None)
+
+
+class ScenarioWindow:
+    """The scenario mark of one test: opened once, closed once (whichever teardown comes first)."""
+
+    def __init__(self, row: str | None):
+        self.row, self.span = row, None
+        if row:
+            self.span = marks.tracer().start_span(marks.SCENARIO_SPAN, attributes=marks.clean(
+                marks.scenario_attributes(row)))
+
+    def name_server(self, pid: int, url: str) -> None:
+        if self.span is not None:
+            self.span.set_attributes({"omnitrace.server.pid": pid, "omnitrace.server.url": url})
+
+    def close(self) -> None:
+        if self.span is not None:
+            self.span.end()
+            self.span = None
+            marks.flush()
+
+
+@pytest.fixture(autouse=True)
+def _omnitrace_window(request):
+    window = ScenarioWindow(_row(request))
+    yield window
+    window.close()
+
+
+class RunningServer:
+    """The server under test, as a test sees it."""
+
+    def __init__(self, server: Server, row: str | None):
+        self._server, self.row = server, row
+        self.url, self.pid = server.url, server.proc.pid
+
+    def tree_pids(self) -> list[int]:
+        self._server.remember_tree()
+        return sorted(self._server.seen)
+
+    def alive(self) -> list[int]:
+        self._server.remember_tree()
+        return [p.pid for p in self._server.alive()]
+
+    def wait_gone(self, timeout_s: float) -> bool:
+        """True once every process ever seen in the tree has exited (zombies count as gone)."""
+        return _poll(lambda: not self.alive(), timeout_s)
+
+    def health(self) -> int | None:
+        """GET /health as a span (so verify has the evidence even without a health prober)."""
+        return probe(self.url, "health", timeout_s=5.0)[0].status
+
+    def wait_unavailable(self, timeout_s: float) -> bool:
+        """True once /health answers anything but 200 or stops answering (polled every 0.5 s)."""
+        return _poll(lambda: self.health() != 200, timeout_s, every_s=0.5)
+
+
+def _poll(condition, timeout_s: float, every_s: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(every_s)
+    return condition()
+
+
+@pytest.fixture
+def omnitrace_server(request, _omnitrace_window):
+    """Start --omnitrace-serve (default: the testbed) on a free port and wait for /health 200."""
+    from omnitrace.inject.runner import testbed_command
+    options = request.config.option
+    port = free_port()
+    url = options.omnitrace_url.replace("{port}", str(port)).rstrip("/")
+    server = Server(expand(options.omnitrace_serve or testbed_command(), port), url)
+    row = _omnitrace_window.row
+    server.start(child_env(OMNITRACE_SCENARIO=row, OMNITRACE_SERVER_URL=url))
+    try:
+        server.wait_healthy(options.omnitrace_startup_timeout)
+        _omnitrace_window.name_server(server.proc.pid, url)
+        yield RunningServer(server, row)
+    finally:
+        _omnitrace_window.close()  # the window ends before clean-up starts
+        leftovers = server.stop()
+        if leftovers:
+            request.node.add_report_section("teardown", "omnitrace",
+                                            "leftover processes killed: " + ", ".join(leftovers))
+
+
+class Injector:
+    def __init__(self, server: RunningServer):
+        self.server, self.hogs = server, []
+
+    def signal(self, target: str, sig: str) -> SignalFault:
+        """Signal `target` (worker, serve, all, a pid or a pattern) in the server's tree."""
+        return inject_signal(self.server.pid, target, sig, scenario=self.server.row,
+                             server_url=self.server.url)
+
+    def oom(self, ratio: float = oom.DEFAULT_RATIO, hold_s: float = 300.0, strict: bool = False):
+        """Start the GPU memory hog (every device) and wait for READY; stopped at teardown."""
+        env = child_env(OMNITRACE_SCENARIO=self.server.row, OMNITRACE_SERVER_URL=self.server.url,
+                        OMNITRACE_SERVER_PID=str(self.server.pid))
+        hog = oom.start_hog(ratio, hold_s=hold_s, strict=strict, env=env)
+        self.hogs.append(hog)
+        return hog
+
+
+@pytest.fixture
+def omnitrace_inject(omnitrace_server):
+    injector = Injector(omnitrace_server)
+    yield injector
+    for hog in injector.hogs:
+        oom.stop_hog(hog)
+
+
+class BackgroundLoad:
+    def __init__(self, load: Load):
+        self.load, self.thread = load, load.run_in_thread()
+
+    @property
+    def results(self) -> list[RequestResult]:
+        return list(self.load.results)
+
+    def wait_in_flight(self, timeout_s: float = 30.0) -> bool:
+        """True once a streaming request has its first byte, or any request is open and answered
+        nothing yet while others already finished (a non-streaming mix)."""
+        return self.load.wait_until(lambda l: l.streaming >= 1 or (l.in_flight >= 1 and
+                                                                   l.finished_any()), timeout_s)
+
+    def wait_done(self, timeout_s: float) -> bool:
+        self.thread.join(timeout_s)
+        return not self.thread.is_alive()
+
+
+@pytest.fixture
+def omnitrace_load(omnitrace_server):
+    """Factory: omnitrace_load(kind="mix", rate=4, requests=12, concurrency=8) runs in the
+    background; every request is a span; open requests are cancelled at teardown."""
+    started: list[BackgroundLoad] = []
+
+    def start(kind: str = "mix", rate: float = 4.0, requests: int = 12, concurrency: int = 8,
+              timeout_s: float = 20.0) -> BackgroundLoad:
+        load = Load(omnitrace_server.url, kind, rate, requests, concurrency, timeout_s,
+                    scenario=omnitrace_server.row)
+        started.append(BackgroundLoad(load))
+        return started[-1]
+    yield start
+    for background in started:
+        background.load.cancel()
+        background.wait_done(10)

@@ -44,13 +44,16 @@ class RequestResult:
         return self.end - self.start
 
 
-def request_spec(kind: str, model: str) -> tuple[str, dict]:
+def request_spec(kind: str, model: str) -> tuple[str, str, dict | None]:
+    """(method, path, JSON body) of one request of `kind`."""
+    if kind == "health":
+        return "GET", "/health", None
     if kind == "speech":
-        return "/v1/audio/speech", {"model": model, "input": PROMPT, "voice": "default"}
+        return "POST", "/v1/audio/speech", {"model": model, "input": PROMPT, "voice": "default"}
     body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 64}
     if kind == "chat-stream":
         body["stream"] = True
-    return "/v1/chat/completions", body
+    return "POST", "/v1/chat/completions", body
 
 
 def classify_error(exc: Exception) -> str:
@@ -69,7 +72,7 @@ class Load:
     def __init__(self, url: str, kind: str = "chat", rate: float = 2.0, requests: int = 10,
                  concurrency: int = 8, timeout_s: float = 60.0, model: str = "default",
                  scenario: str | None = None):
-        if kind not in KINDS:
+        if kind not in KINDS + ("health",):
             raise ValueError(f"kind {kind!r}: use one of {', '.join(KINDS)}")
         self.url, self.kind, self.rate, self.requests = url.rstrip("/"), kind, rate, requests
         self.concurrency, self.timeout_s, self.model, self.scenario = concurrency, timeout_s, model, scenario
@@ -143,9 +146,9 @@ class Load:
         return bool(self.results)
 
     async def _one(self, client: httpx.AsyncClient, index: int, kind: str) -> None:
-        path, body = request_spec(kind, self.model)
-        span = marks.load_tracer().start_span(f"POST {path}", attributes=marks.clean({
-            "http.request.method": "POST", "url.full": self.url + path, "url.path": path,
+        method, path, body = request_spec(kind, self.model)
+        span = marks.load_tracer().start_span(f"{method} {path}", attributes=marks.clean({
+            "http.request.method": method, "url.full": self.url + path, "url.path": path,
             "omnitrace.request.kind": kind, "omnitrace.request.index": index,
             "omnitrace.request.scenario": self.scenario}))
         start = time.monotonic()
@@ -153,7 +156,7 @@ class Load:
         self._note(in_flight=1, started=1)
         first = True
         try:
-            async with client.stream("POST", self.url + path, json=body) as response:
+            async with client.stream(method, self.url + path, json=body) as response:
                 status = response.status_code
                 tail = b""
                 async for chunk in response.aiter_bytes():

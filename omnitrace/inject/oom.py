@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from omnitrace.errors import OmnitraceError
 from omnitrace.gpu import GpuOutOfMemory
 from omnitrace.inject import marks
 
@@ -91,3 +92,38 @@ def _fill_and_hold(devices, ratio, strict, hold_s, stop, out) -> int:
                                             else "parent gone")
     print(f"RELEASED: {why}", file=out, flush=True)
     return 0
+
+
+def start_hog(ratio: float = DEFAULT_RATIO, hold_s: float = DEFAULT_HOLD_S, strict: bool = False,
+              devices: list[int] | None = None, env: dict[str, str] | None = None):
+    """Run the hog as a side process on every device (default) and wait for READY.
+    Returns the Popen; raises HogFailed with the hog's ERROR line."""
+    import subprocess
+    from omnitrace.gpu import alloc
+    if devices is None:
+        devices = list(range(alloc.device_count()))
+    argv = [sys.executable, "-m", "omnitrace.inject", "oom", "--devices",
+            ",".join(map(str, devices)), "--ratio", str(ratio), "--hold", str(hold_s)]
+    proc = subprocess.Popen(argv + (["--strict"] if strict else []), stdout=subprocess.PIPE,
+                            text=True, env=env)
+    line = proc.stdout.readline().strip()  # READY or ERROR comes first
+    if not line.startswith("READY"):
+        stop_hog(proc)
+        raise HogFailed(f"the OOM hog did not start: {line or 'no output'}")
+    return proc
+
+
+def stop_hog(proc) -> None:
+    """Upstream's way: terminate, wait 5 s, kill."""
+    import subprocess
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class HogFailed(OmnitraceError):
+    pass

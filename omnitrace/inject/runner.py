@@ -8,7 +8,6 @@ nothing outlives a row: it remembers every descendant of the recording and kills
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal

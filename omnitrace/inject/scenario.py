@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from omnitrace.errors import OmnitraceError
 from omnitrace.events import signal_name
-from omnitrace.inject import marks, probes
+from omnitrace.inject import marks, oom, probes
 from omnitrace.inject.load import Load, summary_table
 from omnitrace.inject.server import Server, ServerFailed, child_env, expand, health_status
 from omnitrace.inject.signals import inject_signal
@@ -137,17 +136,9 @@ class Driver:
         self.outcome.fault_pids = fault.pids
 
     def start_hog(self) -> None:
-        from omnitrace.gpu import alloc
-        devices = ",".join(str(d) for d in range(alloc.device_count()))
         env = child_env(OMNITRACE_SCENARIO=self.plan.row, OMNITRACE_SERVER_URL=self.plan.url,
                         OMNITRACE_SERVER_PID=str(self.outcome.server_pid))
-        self.hog = subprocess.Popen(
-            [sys.executable, "-m", "omnitrace.inject", "oom", "--devices", devices,
-             "--ratio", str(self.plan.hog_ratio), "--hold", str(self.plan.observe_s + 30)],
-            stdout=subprocess.PIPE, text=True, env=env)
-        line = self.hog.stdout.readline().strip()  # READY or ERROR comes first
-        if not line.startswith("READY"):
-            raise ServerFailed(f"the OOM hog did not start: {line or 'no output'}")
+        self.hog = oom.start_hog(self.plan.hog_ratio, hold_s=self.plan.observe_s + 30, env=env)
         self.outcome.fault_pids = [self.hog.pid]
 
     # ------------------------------------------------------------------------------------------
@@ -215,13 +206,8 @@ class Driver:
     # ------------------------------------------------------------------------------------------
     def cleanup(self) -> None:
         self.stop.set()
-        if self.hog is not None and self.hog.poll() is None:
-            self.hog.terminate()
-            try:
-                self.hog.wait(5)
-            except subprocess.TimeoutExpired:
-                self.hog.kill()
-                self.hog.wait()
+        if self.hog is not None:
+            oom.stop_hog(self.hog)
         if self.load is not None:
             self.load.cancel()
             self.load_thread.join(10)

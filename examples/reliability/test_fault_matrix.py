@@ -1,0 +1,71 @@
+"""The vLLM-Omni fault-injection matrix (shared/seed/fault-injection-matrix.txt) as a pytest suite.
+
+    pytest examples/reliability                                   # against the built-in testbed
+    pytest examples/reliability --omnitrace-serve 'vllm serve Qwen/Qwen3-Omni-30B-A3B-Instruct --omni --port {port}'
+    sudo omnitrace record -o run.jsonl -- pytest examples/reliability && omnitrace verify run.jsonl
+
+The assertions here are the upstream suite's coarse ones (a 0.5 s health poll, psutil liveness);
+the verdicts that count come from `omnitrace verify` over the recording, which measures each rule
+from the kernel's and the GPU's events. Each test is tied to its matrix row by the marker, so the
+row's thresholds apply to both.
+"""
+from __future__ import annotations
+
+import pytest
+
+from omnitrace.verify.matrix import load_matrix
+
+MATRIX = load_matrix(None)
+
+
+def rows(*, oom: bool):
+    return [pytest.param(row, id=row.id, marks=pytest.mark.omnitrace(row=row.id))
+            for row in MATRIX.rows if (row.fault == "oom") == oom]
+
+
+def failed(result) -> bool:
+    return result.end_reason in ("5xx", "reset", "refused", "truncated")
+
+
+@pytest.mark.parametrize("row", rows(oom=False))
+def test_signal_row(row, omnitrace_server, omnitrace_inject, omnitrace_load):
+    limits = row.thresholds
+    load = None
+    if row.load:
+        load = omnitrace_load(kind="mix", rate=4, requests=12, concurrency=8)
+        assert load.wait_in_flight(30), "no request was in flight before the fault"
+
+    fault = omnitrace_inject.signal(row.target, row.fault)
+    assert fault.pids, f"{row.target}: nothing was signalled"
+
+    if row.target in ("serve", "all"):
+        # serve is gone, and with it every stage: no residue (upstream polls 0.5 s until the limit)
+        assert omnitrace_server.wait_gone(limits["residue_s"]), \
+            f"processes left {limits['residue_s']:g} s after {row.fault}: {omnitrace_server.alive()}"
+    else:
+        # a worker died: the server stays up but must say so
+        assert omnitrace_server.wait_unavailable(limits["unavailable_s"]), \
+            f"/health still 200 {limits['unavailable_s']:g} s after {row.fault} to a worker"
+        gone = [pid for pid in fault.pids if pid in omnitrace_server.alive()]
+        assert not gone, f"signalled worker(s) still running: {gone}"
+
+    if load is not None:
+        assert load.wait_done(120), "load requests still open 120 s after the fault"
+        assert any(failed(r) for r in load.results), "no in-flight request failed"
+        slow = [r for r in load.results if failed(r) and r.duration_s > 20]
+        assert not slow, f"requests that failed only after 20 s: {slow}"
+
+
+@pytest.mark.parametrize("row", rows(oom=True))
+def test_oom_row(row, omnitrace_server, omnitrace_inject):
+    from omnitrace.inject.probes import probe
+
+    omnitrace_inject.oom(ratio=0.92)
+    assert omnitrace_server.wait_unavailable(row.thresholds["oom_health_s"]), \
+        "/health still 200 with the GPU full"
+    for kind in ("chat", "speech"):
+        (result,) = probe(omnitrace_server.url, kind, timeout_s=row.thresholds["oom_s"])
+        assert result.status is not None and result.status >= 500, \
+            f"{kind} under OOM answered {result.status or result.end_reason}, expected >= 500"
+        assert result.openai_error, f"{kind} under OOM: the error body is not OpenAI-shaped"
+    assert omnitrace_server.alive(), "the whole server exited under OOM (#4285)"
