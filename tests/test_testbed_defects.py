@@ -20,6 +20,10 @@ def defect(name: str):
     return running_testbed(["--defect", name])
 
 
+def metrics(tb) -> str:
+    return httpx.get(f"{tb.url}/metrics", timeout=5).text
+
+
 def assert_serves(tb) -> None:
     assert status(tb.url) == 200
     assert chat(tb.url).status_code == 200
@@ -102,7 +106,7 @@ def test_exit_on_oom_takes_the_whole_server_down(hog_factory):
 def test_healthy_under_oom_answers_200(hog_factory):
     with defect("healthy-under-oom") as tb:
         hog = hog_factory(tb)
-        time.sleep(0.6)   # several engine steps: the stages have met the OOM
+        assert wait_until(lambda: "testbed_engine_oom 1.0" in metrics(tb), 2) is not None
         assert status(tb.url) == 200
         r = chat(tb.url)
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == ""
@@ -145,7 +149,7 @@ def test_stale_health_stays_200_after_a_stage_died():
     with defect("stale-health") as tb:
         os.kill(tb.stage_pids[1], signal.SIGKILL)
         assert wait_until(lambda: chat(tb.url).status_code >= 500, 2) is not None
-        time.sleep(1)
+        assert wait_until(lambda: '_replica0_DP0"} 0.0' in metrics(tb), 2) is not None
         assert status(tb.url) == 200
 
 
