@@ -9,7 +9,8 @@ import click
 from omnitrace.gpu import alloc, sim
 from omnitrace.testbed import logs
 from omnitrace.testbed.orchestrator import Orchestrator
-from omnitrace.testbed.config import DEFECTS, TOPOLOGIES, TestbedConfig, check_defects, parse_size
+from omnitrace.testbed.config import (DEFECTS, TOPOLOGIES, TestbedConfig, check_defects, parse_share,
+                                       parse_size)
 
 
 @click.group()
@@ -24,8 +25,9 @@ def testbed() -> None:
               show_default=True)
 @click.option("--gpu-mem-per-stage", default="2GiB", show_default=True,
               help="GPU memory each stage holds from start to exit.")
-@click.option("--step-mem", default="2GiB", show_default=True,
-              help="GPU memory each engine step must be able to allocate (fails under an OOM hog).")
+@click.option("--step-mem", default="10%", show_default=True,
+              help="GPU memory each engine step must be able to allocate (fails under an OOM hog): "
+                   "a size, or a share of the device's total.")
 @click.option("--tokens-per-s", default=20.0, show_default=True, type=float)
 @click.option("--defect", "defects", multiple=True, metavar="NAME",
               help="Switch on a known defect; repeatable. See `omnitrace testbed defects`.")
@@ -35,10 +37,11 @@ def testbed() -> None:
 def serve(host, port, topology, gpu_mem_per_stage, step_mem, tokens_per_s, defects, sim_gpu):
     """Serve until SIGTERM/SIGINT. Prints one line to stdout once /health answers 200:
     READY http://HOST:PORT pid=ROOT stages=PID,... gpu=sim:DIR|torch|cupy"""
+    step_bytes, step_share = parse_share(step_mem, "--step-mem")
     config = TestbedConfig(topology=topology, defects=check_defects(defects),
                            tokens_per_s=tokens_per_s,
                            stage_mem=parse_size(gpu_mem_per_stage, "--gpu-mem-per-stage"),
-                           step_mem=parse_size(step_mem, "--step-mem"))
+                           step_mem=step_bytes, step_mem_fraction=step_share)
     if sim_gpu:
         os.environ[sim.ENV_VAR] = os.path.abspath(sim_gpu)
     if alloc.kind() == "sim":

@@ -51,7 +51,10 @@ class TestbedConfig:
     defects: frozenset[str] = field(default_factory=frozenset)
     tokens_per_s: float = 20.0
     stage_mem: int = 2 << 30     # held by each stage from start to exit (weights + KV cache)
-    step_mem: int = 2 << 30      # taken and given back by a stage around every engine step
+    # Taken and given back by a stage around every engine step: bytes, or else this share of the
+    # device's total. 10 % is more than an OOM hog leaves (it takes 92-95 % of what is free).
+    step_mem: int | None = None
+    step_mem_fraction: float = 0.10
     heartbeat_s: float = 0.2     # an idle stage still steps this often, so OOM shows when idle
 
     @property
@@ -76,6 +79,16 @@ def check_defects(names) -> frozenset[str]:
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def parse_share(text: str, option: str) -> tuple[int | None, float]:
+    """'10%' -> (None, 0.1); a size -> (bytes, 0): for options that take either."""
+    if text.strip().endswith("%"):
+        try:
+            return None, float(text.strip()[:-1]) / 100
+        except ValueError:
+            raise OmnitraceError(f"{option} {text!r} is not a percentage; write e.g. 10%") from None
+    return parse_size(text, option), 0.0
 
 
 def parse_size(text: str, option: str) -> int:

@@ -63,13 +63,17 @@ class Work:
 class StageEngine:
     def __init__(self, spec: StageSpec, config: TestbedConfig, conn):
         self.spec, self.config, self.conn = spec, config, conn
+        # The reference layout wants 2 GPUs; on a box with fewer the stages share them.
+        self.device = spec.device % alloc.device_count()
+        self.step_mem = config.step_mem or int(config.step_mem_fraction *
+                                               alloc.free_memory(self.device)[1])
         self.work: dict[str, Work] = {}
         self.weights = None
         self.oom = False
 
     def start(self) -> None:
         delay = SLOW_RELEASE_S if self.config.has("slow-release") else None
-        self.weights = alloc.allocate(self.spec.device, self.config.stage_mem, release_delay_s=delay)
+        self.weights = alloc.allocate(self.device, self.config.stage_mem, release_delay_s=delay)
         self.conn.send(("ready", os.getpid()))
 
     def run(self) -> None:
@@ -103,7 +107,7 @@ class StageEngine:
         try:
             # Freed at once: a step's workspace only has to fit, it must not look like a leak to
             # the hog measuring free memory.
-            alloc.allocate(self.spec.device, self.config.step_mem).free()
+            alloc.allocate(self.device, self.step_mem).free()
         except GpuOutOfMemory as exc:
             self.out_of_memory(str(exc))
             return
