@@ -26,7 +26,8 @@ from omnitrace.errors import OmnitraceError
 from omnitrace.events import signal_name
 from omnitrace.inject import marks, oom, probes
 from omnitrace.inject.load import Load, summary_table
-from omnitrace.inject.server import Server, ServerFailed, child_env, expand, health_status
+from omnitrace.inject.server import (Server, ServerFailed, become_subreaper, child_env, expand,
+                                     health_status)
 from omnitrace.inject.signals import inject_signal
 
 SETTLE_GRACE_S = 1.0   # keep observing this long after the outcome settled (GPU release, probes)
@@ -49,6 +50,7 @@ class Plan:
     load_requests: int = 12
     load_concurrency: int = 8
     hog_ratio: float = 0.92
+    probe_after_s: float | None = None   # one chat request this long after the fault
 
 
 @dataclass
@@ -148,6 +150,8 @@ class Driver:
         watchers = [threading.Thread(target=self.watch_health, daemon=True)]
         if p.target in ("worker", "gpu") or p.fault == "oom":
             watchers.append(threading.Thread(target=self.run_probes, daemon=True))
+        elif p.probe_after_s is not None:
+            watchers.append(threading.Thread(target=self.late_probe, daemon=True))
         else:
             self.probes_done.set()
         for w in watchers:
@@ -199,6 +203,14 @@ class Driver:
         finally:
             self.probes_done.set()
 
+    def late_probe(self) -> None:
+        """A new request after the stop-accepting grace: a stopped server must not serve it."""
+        try:
+            if not self.stop.wait(self.plan.probe_after_s):
+                self.note_probes(probes.probe(self.plan.url, "chat", scenario=self.plan.row))
+        finally:
+            self.probes_done.set()
+
     def note_probes(self, results) -> None:
         self.outcome.probes += [f"{r.kind}:{r.status or r.end_reason}:{r.duration_s:.3f}s"
                                 for r in results]
@@ -240,16 +252,20 @@ def parse(argv: list[str]) -> tuple[Plan, str | None]:
     ap.add_argument("--url", default=None)
     ap.add_argument("--startup-timeout", type=float, default=120.0)
     ap.add_argument("--load-kind", default="mix")
+    ap.add_argument("--probe-after", type=float, default=None,
+                    help="send one chat request this many seconds after the fault")
     ap.add_argument("--report", default=None, help="write the outcome as JSON here")
     a = ap.parse_args(argv)
     url = (a.url or "http://127.0.0.1:{port}").replace("{port}", str(a.port))
     plan = Plan(a.row, a.fault, a.target, a.load, a.observe, a.serve, a.port, url,
-                startup_timeout_s=a.startup_timeout, load_kind=a.load_kind)
+                startup_timeout_s=a.startup_timeout, load_kind=a.load_kind,
+                probe_after_s=a.probe_after)
     return plan, a.report
 
 
 def main(argv: list[str] | None = None) -> int:
     plan, report = parse(sys.argv[1:] if argv is None else argv)
+    become_subreaper()
     driver = Driver(plan)
 
     def interrupt(signum, _frame):

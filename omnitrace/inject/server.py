@@ -76,6 +76,9 @@ class Server:
 
     def alive(self) -> list[psutil.Process]:
         """Seen members still running (a zombie has exited: it counts as gone)."""
+        if self.proc is not None:
+            self.proc.poll()  # we are the root's parent: reap it as soon as it exits
+        self._reap_orphans()
         out = []
         for proc in self.seen.values():
             try:
@@ -84,6 +87,18 @@ class Server:
             except psutil.NoSuchProcess:
                 pass
         return out
+
+    def _reap_orphans(self) -> None:
+        """Reap tree members that were re-parented to us (see become_subreaper)."""
+        me = os.getpid()
+        for pid, proc in self.seen.items():
+            if self.proc is not None and pid == self.proc.pid:
+                continue
+            try:
+                if proc.ppid() == me and proc.status() == psutil.STATUS_ZOMBIE:
+                    os.waitpid(pid, os.WNOHANG)
+            except (psutil.Error, ChildProcessError):
+                pass
 
     def stop(self, term_grace_s: float = 5.0) -> list[str]:
         """Stop everything left: SIGTERM to the root, then SIGKILL to any member still running.
@@ -111,6 +126,21 @@ class Server:
             except subprocess.TimeoutExpired:
                 pass
         return killed
+
+
+def become_subreaper() -> bool:
+    """Make orphans of the server re-parent to this process instead of pid 1, and so be reaped
+    where the recorder sees it: this process plays the container init (tini, dumb-init) that a
+    real deployment has. Without it, on hosts whose pid 1 is no reaper (or is not traced), every
+    orphan would stay an unreaped zombie on the timeline. Orphans still outlive their parent, so
+    residue rules are unaffected."""
+    import ctypes
+    PR_SET_CHILD_SUBREAPER = 36
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def child_env(**extra: str) -> dict[str, str]:

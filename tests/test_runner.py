@@ -1,0 +1,127 @@
+"""`omnitrace matrix run` end to end: real recordings of the testbed, verified.
+
+The correct testbed passes every row; each defect fails the rows it breaks on the rule that names
+it; Ctrl+C leaves nothing running.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+TESTBED = f"{sys.executable} -m omnitrace.cli testbed serve --port {{port}}"
+
+
+@pytest.fixture
+def env(tmp_path):
+    # a private simulated GPU per test, so rows never see another test's memory
+    return {**os.environ, "OMNITRACE_SIM_GPU": str(tmp_path / "gpu"), "PYTHONPATH": os.getcwd()}
+
+
+def matrix_run(env, out, *args, timeout=600):
+    cli = subprocess.run([sys.executable, "-m", "omnitrace.cli", "matrix", "run", "--out", str(out),
+                          *args], env=env, capture_output=True, text=True, timeout=timeout)
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
+    return cli, report
+
+
+def verdicts(report) -> dict[tuple[str, str], str]:
+    return {(s["id"], r["id"]): r["verdict"] for s in report["scenarios"] for r in s["rules"]}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_full_matrix_passes_against_the_correct_testbed(env, tmp_path):
+    t0 = time.monotonic()
+    cli, report = matrix_run(env, tmp_path / "run", timeout=880)
+    assert report is not None, cli.stderr[-3000:]
+    show = subprocess.run([sys.executable, "-m", "omnitrace.cli", "matrix", "show", "--json"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    rows = [r["id"] for r in json.loads(show.stdout)["rows"]]
+    assert len(rows) == 15
+    assert sorted(s["id"] for s in report["scenarios"]) == sorted(rows)
+    failed = {k: v for k, v in verdicts(report).items() if v == "fail"}
+    assert not failed, cli.stdout[-4000:]
+    assert cli.returncode == 0, cli.stdout[-4000:]
+    # the GPU rules ran on the simulated device and passed
+    assert all(v == "pass" for (s, r), v in verdicts(report).items() if r == "gpu-released")
+    assert "leftover" not in cli.stdout
+    assert len(list((tmp_path / "run").glob("*.jsonl"))) == 15
+    print(f"full matrix: {time.monotonic() - t0:.1f} s")
+
+
+@pytest.mark.slow
+def test_orphan_stages_fail_no_residue_after_sigkill_to_serve(env, tmp_path):
+    cli, report = matrix_run(env, tmp_path / "run", "--serve", TESTBED + " --defect orphan-stages",
+                             "--scenarios", "no-load/sigkill/serve")
+    assert cli.returncode == 1, cli.stdout[-3000:]
+    v = verdicts(report)
+    assert v[("no-load/sigkill/serve", "no-residue")] == "fail"
+    assert v[("no-load/sigkill/serve", "target-exits")] == "pass"
+    # the runner reported the survivors and killed them
+    assert "leftover process" in cli.stdout
+    assert "StageEngineCoreProc" in cli.stdout
+
+
+@pytest.mark.slow
+def test_hang_inflight_fails_inflight_fail_fast_on_sigterm_under_load(env, tmp_path):
+    short = tmp_path / "short.yaml"  # the hang is certain after the 20 s client timeout
+    short.write_text("extends: vllm-omni\nrows:\n  - id: under-load/sigterm/serve\n    observe_s: 28\n")
+    cli, report = matrix_run(env, tmp_path / "run", "--serve", TESTBED + " --defect hang-inflight",
+                             "--matrix", str(short), "--scenarios", "under-load/sigterm/serve")
+    assert cli.returncode == 1, cli.stdout[-3000:]
+    assert verdicts(report)[("under-load/sigterm/serve", "inflight-fail-fast")] == "fail"
+
+
+def test_exit_on_oom_fails_the_oom_contract(env, tmp_path):
+    cli, report = matrix_run(env, tmp_path / "run", "--serve", TESTBED + " --defect exit-on-oom",
+                             "--scenarios", "oom/gpu-hog")
+    assert cli.returncode == 1, cli.stdout[-3000:]
+    assert verdicts(report)[("oom/gpu-hog", "oom-contract")] == "fail"
+
+
+def test_unknown_scenario_glob_is_a_one_line_error(env, tmp_path):
+    cli, report = matrix_run(env, tmp_path / "run", "--scenarios", "no-such/*", timeout=60)
+    assert cli.returncode == 2
+    assert cli.stderr.strip().startswith("omnitrace: error: --scenarios 'no-such/*' matches no row")
+
+
+def test_ctrl_c_leaves_nothing_running(env, tmp_path):
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "omnitrace.cli", "matrix", "run", "--out", str(tmp_path / "run"),
+         # healthy-under-oom never settles, so the row is mid-window when Ctrl+C comes
+         "--serve", TESTBED + " --defect healthy-under-oom", "--scenarios", "oom/gpu-hog"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen: dict[int, psutil.Process] = {}
+    try:
+        deadline = time.monotonic() + 60
+        hog_seen = False
+        while time.monotonic() < deadline and not hog_seen:  # wait for the hog: the fault is on
+            for p in psutil.Process(runner.pid).children(recursive=True):
+                seen.setdefault(p.pid, p)
+                try:
+                    hog_seen = hog_seen or "oom-hog" in " ".join(p.cmdline())
+                except psutil.Error:
+                    pass
+            time.sleep(0.1)
+        assert hog_seen, "the OOM row never started its hog"
+        os.killpg(runner.pid, signal.SIGINT)  # what the terminal does on Ctrl+C
+        runner.wait(60)
+        assert runner.returncode != 0
+        gone, alive = psutil.wait_procs(list(seen.values()), timeout=10)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+    finally:
+        for p in [*seen.values()]:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
