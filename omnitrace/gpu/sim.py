@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omnitrace.gpu import GpuBackendError, GpuOutOfMemory
+from omnitrace.procstat import is_running, read_stat
 
 ENV_VAR = "OMNITRACE_SIM_GPU"
 DEFAULT_DIR = "/dev/shm/omnitrace-sim-gpu"
@@ -57,15 +58,10 @@ def ensure_device(path: Path | str | None = None, **settings) -> Path:
 
 def _owner_start(pid: int) -> int | None:
     """Start time of a live, non-zombie process; None when it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
+    stat = read_stat(pid)
+    if stat is None or not is_running(stat[1]):
         return None
-    fields = stat[stat.rfind(b")") + 2:].split()
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])
+    return stat[2]
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 
 from omnitrace import events as ev
+from omnitrace.procstat import read_stat
 from omnitrace.record.source import RecordContext, Source
 
 DEFAULT_SNAPSHOT_INTERVAL_S = 1.0
@@ -61,18 +62,6 @@ def _listening_ports(proc: psutil.Process) -> list[int]:
     except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
         return []
     return sorted({c.laddr.port for c in conns if c.status == psutil.CONN_LISTEN and c.laddr})
-
-
-def read_stat(pid: int) -> tuple[int, str, int] | None:
-    """(ppid, state letter, start time in clock ticks) from /proc/pid/stat, or None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # comm may hold spaces and parentheses: the fields start after the last ')'
-    fields = data[data.rfind(b")") + 2:].split()
-    return int(fields[1]), fields[0].decode(), int(fields[19])
 
 
 class ProcfsSource(Source):

@@ -21,7 +21,8 @@ import psutil
 from omnitrace import events as ev
 from omnitrace.errors import OmnitraceError
 from omnitrace.record.kernel import KernelSource
-from omnitrace.record.procfs import ProcfsSource, read_stat
+from omnitrace.procstat import is_running, read_stat
+from omnitrace.record.procfs import ProcfsSource
 from omnitrace.record.source import RecordContext, Source, SourceUnavailable
 from omnitrace.timeline import TimelineWriter, make_header
 
@@ -278,7 +279,7 @@ def _restore_signal_handlers(previous) -> None:
 
 def _alive(pid: int) -> bool:
     stat = read_stat(pid)
-    return stat is not None and stat[1] not in ("Z", "X")
+    return stat is not None and is_running(stat[1])
 
 
 def _give_to_invoking_user(path: Path) -> None:
