@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from omnitrace.model.synthetic import TimelineBuilder
+from omnitrace.events import Span
+from omnitrace.model.synthetic import TimelineBuilder, ns
 from omnitrace.verify.engine import verify_timeline
 from omnitrace.verify.matrix import load_matrix
 
@@ -249,6 +250,21 @@ def test_service_unavailable_fails_on_a_later_2xx():
     b.request(FAULT + 5.0, FAULT + 5.1, "chat", status=200)
     rule = verdicts(b)["service-unavailable"]
     assert rule.verdict == "fail" and "answered HTTP 200 at +5.10 s" in rule.evidence[1].text
+
+
+def test_service_unavailable_looks_only_at_the_scenarios_own_server():
+    """A recording of a whole suite holds several servers: a 200 from another server (or a
+    stale probe of a gone one) is not this scenario's evidence."""
+    b = sigkill_serve(server())
+    other = Span(ns(FAULT + 5.0), ns(FAULT + 5.1), "GET /health",
+                 {"http.request.method": "GET", "url.full": "http://127.0.0.1:9001/health",
+                  "http.response.status_code": 200}, "probe")
+    b.add(other)
+    assert verdicts(b)["service-unavailable"].verdict == "fail"  # no URL in the marks: all count
+    for event in b.events:
+        if isinstance(event, Span) and event.attributes.get("omnitrace.mark") in ("scenario", "fault"):
+            event.attributes["omnitrace.server.url"] = "http://127.0.0.1:8000"
+    assert verdicts(b)["service-unavailable"].verdict == "pass"
 
 
 def test_service_unavailable_is_inconclusive_without_http_evidence():

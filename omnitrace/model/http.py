@@ -23,6 +23,7 @@ class Request:
     openai_error: bool | None
     source: str
     ref: int
+    origin: str = ""         # scheme://host:port of url.full; "" when the span had no full URL
 
     @property
     def failed(self) -> bool:
@@ -62,6 +63,14 @@ def _kind(path: str, attrs: dict) -> str:
     return "other"
 
 
+def url_origin(url: str) -> str:
+    """'http://127.0.0.1:8000/health' -> 'http://127.0.0.1:8000' (no trailing slash)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return ""
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
 def request_from_span(span: Span, ref: int) -> Request | None:
     attrs = span.attributes
     method = attrs.get("http.request.method")
@@ -80,4 +89,4 @@ def request_from_span(span: Span, ref: int) -> Request | None:
                    path=path, status=int(status) if status is not None else None,
                    error_type=attrs.get("error.type"),
                    openai_error=bool(openai) if openai is not None else None,
-                   source=span.source, ref=ref)
+                   source=span.source, ref=ref, origin=url_origin(url))

@@ -36,6 +36,7 @@ class Scenario:
     origin: str                  # "marks" or "detected"
     load: bool = False
     refs: list[int] = field(default_factory=list)
+    server_url: str | None = None   # from the marks: requests elsewhere are not this scenario's
 
     @property
     def fault(self) -> str:
@@ -97,12 +98,14 @@ def _scenario(model, patterns, servers, row_id, start, end, fault, window, refs)
     if server is None:
         server = _server_at(model, servers, anchor, fault.pids if fault else [])
     roles = assign_roles(model, server, patterns) if server else None
+    server_url = (fault and fault.server_url) or (window and window.server_url) or None
     if fault is None:
-        return Scenario(row_id, start, end, None, None, "?", [], server, roles, "marks", refs=refs)
+        return Scenario(row_id, start, end, None, None, "?", [], server, roles, "marks", refs=refs,
+                        server_url=server_url)
     target = "oom" if fault.kind == "oom" else (fault.target or "pattern")
     load = _under_load(model, fault.t)
     return Scenario(row_id, start, end, fault.t, fault.signal, target, list(fault.pids), server,
-                    roles, "marks", load=load, refs=[*refs, fault.ref])
+                    roles, "marks", load=load, refs=[*refs, fault.ref], server_url=server_url)
 
 
 def _server_at(model: Model, servers: list[Process], t: int, pids: list[int]) -> Process | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from omnitrace.model.http import url_origin
 from omnitrace.model.model import Model
 from omnitrace.model.process import Process
 from omnitrace.model.scenarios import Scenario
@@ -55,6 +56,16 @@ class Context:
     @property
     def fault_t(self) -> int:
         return self.scenario.fault_t
+
+    @property
+    def requests(self):
+        """The HTTP requests this scenario is about: those to its server when the marks name
+        the server's URL (a recording may hold many servers, e.g. a whole pytest suite)."""
+        url = self.scenario.server_url
+        if not url:
+            return self.model.requests
+        origin = url_origin(url)
+        return [r for r in self.model.requests if not r.origin or r.origin == origin]
 
     def at(self, t: int | None) -> str:
         """A time as an engineer reads it: seconds after the fault."""

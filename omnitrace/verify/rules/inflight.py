@@ -7,7 +7,7 @@ from omnitrace.verify.rules.base import FAIL, HTTP, INCONCLUSIVE, PASS, Context,
 
 
 def check(ctx: Context) -> Result:
-    open_at_fault = [r for r in ctx.model.requests if r.kind != "health" and r.t < ctx.fault_t
+    open_at_fault = [r for r in ctx.requests if r.kind != "health" and r.t < ctx.fault_t
                      and (r.end is None or r.end > ctx.fault_t)]
     if not open_at_fault:
         return Result(INCONCLUSIVE, summary="no request was in flight at the fault")

@@ -22,7 +22,7 @@ def _hog_end(ctx: Context) -> int:
 
 
 def _health(ctx: Context, oom_end: int):
-    probes = [r for r in ctx.model.requests if r.kind == "health" and ctx.fault_t <= r.t <= oom_end
+    probes = [r for r in ctx.requests if r.kind == "health" and ctx.fault_t <= r.t <= oom_end
               and r.end is not None]
     limit = ctx.deadline("oom_health_s")
     degraded = next((r for r in probes if r.status is not None and r.status >= 500), None)
@@ -37,7 +37,7 @@ def _health(ctx: Context, oom_end: int):
 
 
 def _requests(ctx: Context, oom_end: int, kinds: tuple[str, ...], label: str):
-    made = [r for r in ctx.model.requests if r.kind in kinds and ctx.fault_t <= r.t <= oom_end]
+    made = [r for r in ctx.requests if r.kind in kinds and ctx.fault_t <= r.t <= oom_end]
     if not made:
         return INCONCLUSIVE, [ctx.cite(f"no {label} request was made under OOM")], []
     limit_ns = int(ctx.thresholds["oom_s"] * 1e9)

@@ -6,7 +6,7 @@ from omnitrace.verify.rules.base import FAIL, HTTP, INCONCLUSIVE, PASS, Context,
 
 
 def check(ctx: Context) -> Result:
-    after = [r for r in ctx.model.requests
+    after = [r for r in ctx.requests
              if ctx.fault_t <= r.t <= ctx.end and r.end is not None]
     limit = ctx.deadline("unavailable_s")
     down = next((r for r in sorted(after, key=lambda r: r.end) if r.failed), None)

@@ -7,7 +7,7 @@ from omnitrace.verify.rules.base import FAIL, HTTP, INCONCLUSIVE, PASS, Context,
 
 def check(ctx: Context) -> Result:
     grace = ctx.deadline("stop_accepting_s")
-    new = [r for r in ctx.model.requests if ctx.fault_t <= r.t <= ctx.end]
+    new = [r for r in ctx.requests if ctx.fault_t <= r.t <= ctx.end]
     accepted = [r for r in new if r.succeeded]
     measured = ctx.seconds(max(r.t for r in accepted)) if accepted else 0.0
     late = [r for r in accepted if r.t > grace]
