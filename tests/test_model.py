@@ -103,3 +103,16 @@ def test_request_spans_are_not_marks_and_hangs_have_no_end():
     assert model.marks == []
     hang, probe = model.requests
     assert hang.end is None and probe.failed and probe.kind == "health"
+
+
+def test_a_stream_cut_after_its_2xx_headers_is_a_failure_not_a_success():
+    from omnitrace.events import Span
+    from omnitrace.model.http import request_from_span
+    attrs = {"http.request.method": "POST", "url.full": "http://127.0.0.1:8000/v1/chat/completions",
+             "http.response.status_code": 200, "error.type": "reset"}
+    cut = request_from_span(Span(1, 2, "POST", attrs), 0)
+    assert cut.failed and not cut.succeeded and cut.outcome() == "HTTP 200, then error reset"
+    assert cut.origin == "http://127.0.0.1:8000"
+    bad_request = request_from_span(Span(1, 2, "POST", {**attrs, "http.response.status_code": 400,
+                                                          "error.type": "400"}), 0)
+    assert not bad_request.failed and not bad_request.succeeded

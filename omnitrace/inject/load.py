@@ -204,11 +204,9 @@ def _finish_span(span, r: RequestResult) -> None:
     attributes = {"omnitrace.request.end_reason": r.end_reason, "omnitrace.request.bytes": r.nbytes,
                   "http.response.body.size": r.nbytes}
     if r.status is not None:
-        attributes["omnitrace.request.first_status"] = r.status
-        # A 2xx whose body was cut off (reset, truncated, cancelled) is no answer: the status
-        # code is only set when the exchange completed, so verify counts the cut as a failure.
-        if r.end_reason in ("completed", "4xx", "5xx"):
-            attributes["http.response.status_code"] = r.status
+        # A 2xx whose body was then cut off keeps its status; error.type says it was cut, and
+        # verify counts that as a failure (docs/marks.md).
+        attributes["http.response.status_code"] = r.status
     if r.ttfb_s is not None:
         attributes["omnitrace.request.ttfb_s"] = round(r.ttfb_s, 6)
     if r.openai_error is not None:

@@ -27,21 +27,26 @@ class Request:
 
     @property
     def failed(self) -> bool:
-        """An answer the matrix counts as 'unavailable': 5xx or a connection error."""
+        """An answer the matrix counts as 'unavailable': 5xx, or a connection error (also one
+        that cut a stream after its 2xx headers)."""
         return (self.status is not None and self.status >= 500) or (
-            self.status is None and self.error_type is not None and self.error_type not in TIMEOUTS)
+            self.error_type is not None and self.error_type not in TIMEOUTS
+            and not (self.status is not None and self.status < 500 and self.error_type == str(self.status)))
 
     @property
     def succeeded(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300
+        """A complete 2xx answer: a stream cut after its headers did not succeed."""
+        return self.status is not None and 200 <= self.status < 300 and self.error_type is None
 
     @property
     def timed_out(self) -> bool:
-        return self.status is None and self.error_type in TIMEOUTS
+        return self.error_type in TIMEOUTS
 
     def outcome(self) -> str:
         if self.end is None:
             return "no answer (still open)"
+        if self.status is not None and self.error_type and self.error_type != str(self.status):
+            return f"HTTP {self.status}, then error {self.error_type}"
         if self.status is not None:
             return f"HTTP {self.status}"
         return f"error {self.error_type or 'unknown'}"
