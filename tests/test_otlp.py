@@ -33,7 +33,8 @@ CLIENT = textwrap.dedent("""
     w = {}
     w["start_before"] = time.monotonic_ns()
     span = tracer.start_span("scenario kill-stage",
-                             attributes={"omnitrace.scenario": "kill-stage", "attempt": 2,
+                             attributes={"omnitrace.mark": "scenario",
+                                         "omnitrace.scenario": "kill-stage", "attempt": 2,
                                          "ratio": 0.5, "tags": ["a", "b"]})
     w["start_after"] = time.monotonic_ns()
     time.sleep(0.05)
