@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[1]
 WORKLOADS = REPO / "tests" / "workloads"
 OMNITRACE = [sys.executable, "-m", "omnitrace.cli"]
@@ -21,8 +23,21 @@ def start_recording(output: Path, command: list[str], *flags: str, env: dict | N
         cwd=REPO, env={**os.environ, **(env or {})}, start_new_session=True, **popen)
 
 
-def kill_session(proc: subprocess.Popen) -> None:
-    """Kill the recorder and everything it started (they share its session)."""
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_session(proc: subprocess.Popen, also: list[psutil.Process] = ()) -> None:
+    """Kill the recorder and everything it started. The recorded command runs in a process group
+    of its own, so kill the descendants one by one too (and `also`: ones orphaned earlier)."""
+    for child in [*descendants(proc.pid), *also]:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -12,7 +12,8 @@ import pytest
 
 from omnitrace import events as ev
 from omnitrace.timeline import read_timeline
-from tests.recording import OMNITRACE, REPO, kill_session, record_lifecycle_tree, start_recording
+from tests.recording import (OMNITRACE, REPO, descendants, kill_session, record_lifecycle_tree,
+                             start_recording)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF needs root (CI runs as root)")
 
@@ -42,12 +43,14 @@ def test_recorder_killed_with_sigkill_leaves_a_readable_file(tmp_path):
                 "    if pid == 0: os._exit(0)\n"
                 "    os.waitpid(pid, 0); time.sleep(0.01)\n"]
     proc = start_recording(path, workload)
+    orphans = []
     try:
         wait_for(lambda: lines(path) > 50, what="forks on the timeline")
+        orphans = descendants(proc.pid)  # the workload outlives a SIGKILLed recorder
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
-        kill_session(proc)
+        kill_session(proc, also=orphans)
     timeline = read_timeline(path)
     assert timeline.truncated
     assert any("truncated: no footer" in w for w in timeline.warnings)
