@@ -26,3 +26,7 @@ gpu-check:
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The whole matrix on a real GPU, correct testbed and defects (see scripts/gpu-matrix.sh).
+gpu-matrix:
+	scripts/gpu-matrix.sh

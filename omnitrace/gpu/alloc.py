@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 from functools import lru_cache
 
 from omnitrace.gpu import GpuOutOfMemory, sim
@@ -66,16 +67,37 @@ def allocate(device: int, nbytes: int, release_delay_s: float | None = None):
     if backend == "torch":
         import torch
         try:
-            return CudaAllocation(torch.empty(nbytes, dtype=torch.uint8, device=f"cuda:{device}"),
-                                  nbytes)
+            handle = CudaAllocation(torch.empty(nbytes, dtype=torch.uint8, device=f"cuda:{device}"),
+                                    nbytes)
         except torch.cuda.OutOfMemoryError as exc:
             raise GpuOutOfMemory(str(exc)) from exc
+        if release_delay_s:
+            hold_context_after_exit(release_delay_s)
+        return handle
     import cupy
     with cupy.cuda.Device(device):
         try:
             return CudaAllocation(cupy.cuda.Memory(nbytes), nbytes)  # cudaMalloc, no pool
         except cupy.cuda.memory.OutOfMemoryError as exc:
             raise GpuOutOfMemory(str(exc)) from exc
+
+
+def hold_context_after_exit(delay_s: float) -> int:
+    """Real GPUs: keep this process's memory taken for delay_s after it dies, the way it happens
+    in the field: a child forked after CUDA initialised shares the parent's open /dev/nvidia*
+    files, and the driver frees the parent's context only when the last of them closes (the
+    DataLoader-worker leak). The child touches no CUDA; it waits for its parent to die, then for
+    the delay. Returns the child's pid."""
+    pid = os.fork()
+    if pid:
+        return pid
+    parent = os.getppid()
+    try:
+        while os.getppid() == parent:
+            time.sleep(0.05)
+        time.sleep(delay_s)
+    finally:
+        os._exit(0)
 
 
 def free_memory(device: int) -> tuple[int, int]:

@@ -9,7 +9,8 @@ from omnitrace.errors import OmnitraceError
 # name -> what it breaks, and the upstream bug it reproduces.
 DEFECTS = {
     "orphan-stages": "stages skip PR_SET_PDEATHSIG and outlive a SIGKILLed server (#3725, vllm #43060)",
-    "slow-release": "a stage's GPU memory is freed by the driver 5 s after it exits, not at exit",
+    "slow-release": "a stage's GPU memory is freed 5 s after it exits, not at exit (real GPUs: a "
+                    "forked child holds its CUDA context that long)",
     "hang-inflight": "on SIGTERM/SIGINT the engine stops but in-flight requests are never failed: "
                      "uvicorn waits for their connections forever (#3683)",
     "exit-on-oom": "an allocation failure kills the stage and the whole server exits (#4285)",
