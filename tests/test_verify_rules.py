@@ -146,6 +146,27 @@ def test_graceful_shutdown_is_inconclusive_when_delivery_was_not_recorded():
     assert rule.verdict == "inconclusive"
 
 
+def test_graceful_shutdown_accepts_a_late_sigterm_ignored_while_already_shutting_down():
+    """SIGTERM to all: the server asked a worker to stop first; the worker ignores the late
+    SIGTERM so its CUDA teardown completes, and exits 0 by itself."""
+    b = server()
+    row = "no-load/sigterm/all"
+    b.health(3.0, FAULT, 0.5)
+    b.signal(INJECTOR, SERVE, 15, FAULT, disposition="handler")
+    b.signal(INJECTOR, 102, 15, FAULT + 0.2, disposition="ignored")
+    b.exit(102, FAULT + 0.5, code=0)
+    b.reap(SERVE, 102, FAULT + 0.51, code=0)
+    b.exit(SERVE, FAULT + 1.0, code=0)
+    b.reap(HARNESS, SERVE, FAULT + 1.01, code=0)
+    b.mark("scenario", 9.0, 110.0, scenario=row, server_pid=SERVE)
+    b.mark("fault", FAULT, FAULT, scenario=row, fault_signal="SIGTERM", fault_target="all",
+           fault_pids=[SERVE, 102])
+    rule = verdicts(b)["graceful-shutdown"]
+    assert rule.verdict == "pass"
+    assert any("ignored SIGTERM at +0.20 s (already shutting down) and exited with status 0" in e.text
+               for e in rule.evidence)
+
+
 # --- cleanup-order ------------------------------------------------------------------------------
 def test_cleanup_order_passes_when_workers_exit_before_the_server():
     rule = verdicts(sigterm_serve(server()))["cleanup-order"]

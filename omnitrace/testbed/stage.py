@@ -186,3 +186,10 @@ def stage_main(spec: StageSpec, config: TestbedConfig, conn, parent_pid: int) ->
     finally:
         engine.shutdown()
         sys.stderr.flush()
+        # Shutdown is done; what remains is the interpreter's and CUDA's teardown (hundreds of
+        # ms with a real context), during which Python puts SIGTERM back to its default action.
+        # A second SIGTERM (e.g. "kill all" after the server already asked us to stop) must not
+        # cut that teardown short: ignore it from here on.
+        if not config.has("ignore-sigterm"):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)

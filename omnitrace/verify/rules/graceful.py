@@ -18,6 +18,8 @@ def _one(ctx: Context, proc) -> tuple[str, str, int | None, int | None, float | 
     if receipt.disposition is None:
         return (INCONCLUSIVE, f"{proc.label()}: {receipt.name} sent at {ctx.at(receipt.t)}, "
                 "its delivery was not recorded", receipt.t, receipt.ref, None)
+    if receipt.disposition == "ignored":
+        return _ignored(ctx, proc, receipt)
     if receipt.disposition != "handler":
         return (FAIL, f"{proc.label()}: {receipt.name} took the {receipt.disposition} action at "
                 f"{ctx.at(receipt.delivered_t)}: no handler, no shutdown", receipt.delivered_t,
@@ -43,6 +45,25 @@ def _one(ctx: Context, proc) -> tuple[str, str, int | None, int | None, float | 
     return (PASS if clean else FAIL, f"{proc.label()}: handler at {ctx.at(receipt.delivered_t)}, "
             f"exited with status {code} at {ctx.at(proc.exit_t)}", proc.exit_t,
             proc.exit_group_ref or proc.reap_ref or proc.exit_ref, took)
+
+
+def _ignored(ctx: Context, proc, receipt):
+    """A process already shutting down (its parent told it to, e.g. before "kill all" reached
+    it) may ignore a late SIGTERM so its teardown completes: graceful if it then exits by itself
+    with status 0. One that ignores it and stays, or dies otherwise, is not."""
+    code, killer = proc.exit_status() if proc.exit_t is not None else (None, None)
+    if proc.exit_t is not None and killer is None and code == 0:
+        return (PASS, f"{proc.label()}: ignored {receipt.name} at {ctx.at(receipt.delivered_t)} "
+                f"(already shutting down) and exited with status 0 at {ctx.at(proc.exit_t)}",
+                proc.exit_t, proc.exit_group_ref or proc.reap_ref or proc.exit_ref,
+                (proc.exit_t - receipt.delivered_t) / 1e9)
+    end = "did not exit" if proc.exit_t is None else f"ended with {_status(code, killer)}"
+    return (FAIL, f"{proc.label()}: ignored {receipt.name} at {ctx.at(receipt.delivered_t)} and "
+            f"{end}", receipt.delivered_t, receipt.deliver_ref, None)
+
+
+def _status(code, killer) -> str:
+    return f"signal {_name(killer)}" if killer else f"status {code}"
 
 
 def _reraised(proc, handled) -> bool:
