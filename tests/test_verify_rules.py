@@ -141,9 +141,23 @@ def test_graceful_shutdown_fails_on_a_dirty_exit_status():
     assert rule.verdict == "fail" and "status 1" in rule.evidence[0].text
 
 
-def test_graceful_shutdown_is_inconclusive_when_delivery_was_not_recorded():
+def test_graceful_shutdown_passes_when_never_delivered_and_it_exits_0_by_itself():
+    """The kernel records every delivery to a traced process: none means the signal was
+    blocked (the resource tracker masks SIGTERM) or ignored; a clean exit by itself is graceful."""
     rule = verdicts(sigterm_serve(server(), disposition=None))["graceful-shutdown"]
-    assert rule.verdict == "inconclusive"
+    assert rule.verdict == "pass"
+    assert any("never took SIGTERM" in e.text and "exited with status 0" in e.text
+               for e in rule.evidence)
+
+
+def test_graceful_shutdown_is_inconclusive_when_undelivered_and_still_running_at_the_end():
+    b = server()
+    b.health(3.0, 30.0, 0.5)
+    b.signal(INJECTOR, SERVE, 15, FAULT, disposition=None)
+    b.mark("scenario", 9.0, 30.0, scenario="no-load/sigterm/serve", server_pid=SERVE)
+    b.mark("fault", FAULT, FAULT, scenario="no-load/sigterm/serve", fault_signal="SIGTERM",
+           fault_target="serve", fault_pids=[SERVE])
+    assert verdicts(b)["graceful-shutdown"].verdict == "inconclusive"
 
 
 def test_graceful_shutdown_accepts_a_late_sigterm_ignored_while_already_shutting_down():

@@ -16,6 +16,10 @@ def _one(ctx: Context, proc) -> tuple[str, str, int | None, int | None, float | 
     if receipt is None:
         return INCONCLUSIVE, f"{proc.label()}: no {_name(sig)} to it was recorded", None, None, None
     if receipt.disposition is None:
+        # Never taken: discarded at sending (ignored), or blocked until the process exited (the
+        # resource tracker masks SIGTERM). Either way it exited, or not, by itself.
+        if receipt.result == "ignored" or proc.exit_t is not None:
+            return _ignored(ctx, proc, receipt)
         return (INCONCLUSIVE, f"{proc.label()}: {receipt.name} sent at {ctx.at(receipt.t)}, "
                 "its delivery was not recorded", receipt.t, receipt.ref, None)
     if receipt.disposition == "ignored":
@@ -52,14 +56,15 @@ def _ignored(ctx: Context, proc, receipt):
     it) may ignore a late SIGTERM so its teardown completes: graceful if it then exits by itself
     with status 0. One that ignores it and stays, or dies otherwise, is not."""
     code, killer = proc.exit_status() if proc.exit_t is not None else (None, None)
+    when = receipt.delivered_t or receipt.t
+    how = "ignored" if receipt.disposition or receipt.result == "ignored" else "never took"
     if proc.exit_t is not None and killer is None and code == 0:
-        return (PASS, f"{proc.label()}: ignored {receipt.name} at {ctx.at(receipt.delivered_t)} "
-                f"(already shutting down) and exited with status 0 at {ctx.at(proc.exit_t)}",
-                proc.exit_t, proc.exit_group_ref or proc.reap_ref or proc.exit_ref,
-                (proc.exit_t - receipt.delivered_t) / 1e9)
+        return (PASS, f"{proc.label()}: {how} {receipt.name} at {ctx.at(when)} (already shutting "
+                f"down) and exited with status 0 at {ctx.at(proc.exit_t)}", proc.exit_t,
+                proc.exit_group_ref or proc.reap_ref or proc.exit_ref, (proc.exit_t - when) / 1e9)
     end = "did not exit" if proc.exit_t is None else f"ended with {_status(code, killer)}"
-    return (FAIL, f"{proc.label()}: ignored {receipt.name} at {ctx.at(receipt.delivered_t)} and "
-            f"{end}", receipt.delivered_t, receipt.deliver_ref, None)
+    return (FAIL, f"{proc.label()}: {how} {receipt.name} at {ctx.at(when)} and {end}", when,
+            receipt.deliver_ref or receipt.ref, None)
 
 
 def _status(code, killer) -> str:
