@@ -224,6 +224,10 @@ def choose_backend(mode: str = "auto") -> tuple[GpuBackend | None, str]:
     if os.environ.get(SIM_ENV_VAR):
         openers.reverse()  # the testbed's stages allocate there too (omnitrace.gpu.alloc)
         reasons.append(f"{SIM_ENV_VAR} is set")
+        # The variable names the device; the recorder may start before the testbed that would
+        # create it (the first row of a matrix run): create it now, with the same defaults.
+        from omnitrace.gpu.sim import ensure_device
+        ensure_device()
     for name, opener in openers:
         try:
             backend = opener()
