@@ -181,6 +181,21 @@ def test_graceful_shutdown_accepts_a_late_sigterm_ignored_while_already_shutting
                for e in rule.evidence)
 
 
+def test_graceful_shutdown_fails_when_an_ignored_sigterm_leaves_it_running_past_the_limit():
+    """A worker that ignores SIGTERM and only exits when its server goes away much later."""
+    b = server()
+    row = "no-load/sigterm/worker"
+    b.health(3.0, 110.0, 0.5)
+    b.signal(INJECTOR, 102, 15, FAULT, disposition="ignored")
+    b.exit(102, FAULT + 95.0, code=0)
+    b.reap(SERVE, 102, FAULT + 95.01, code=0)
+    b.mark("scenario", 9.0, 110.0, scenario=row, server_pid=SERVE)
+    b.mark("fault", FAULT, FAULT, scenario=row, fault_signal="SIGTERM", fault_target="worker",
+           fault_pids=[102])
+    rule = verdicts(b)["graceful-shutdown"]
+    assert rule.verdict == "fail" and "exited only at +95.00 s, after the limit" in rule.evidence[0].text
+
+
 # --- cleanup-order ------------------------------------------------------------------------------
 def test_cleanup_order_passes_when_workers_exit_before_the_server():
     rule = verdicts(sigterm_serve(server()))["cleanup-order"]

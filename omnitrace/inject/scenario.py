@@ -171,11 +171,13 @@ class Driver:
         load_done = self.load_thread is None or not self.load_thread.is_alive()
         if not load_done or not self.probes_done.is_set():
             return False
+        # Settled includes reaped: a dead process left a zombie is the outcome still unfolding
+        # (a correct parent reaps at once; one that never does must be watched for the window).
         if self.plan.target in ("serve", "all"):
-            return not self.server.alive()
+            return not self.server.alive() and not self.server.zombies()
         targets_gone = all(pid not in {p.pid for p in self.server.alive()}
                            for pid in self.outcome.fault_pids) or self.plan.fault == "oom"
-        return targets_gone and self.unavailable.is_set()
+        return targets_gone and self.unavailable.is_set() and not self.server.zombies()
 
     def watch_health(self) -> None:
         while not self.stop.is_set() and not self.unavailable.is_set():

@@ -88,6 +88,17 @@ class Server:
                 pass
         return out
 
+    def zombies(self) -> list[int]:
+        """Seen members that exited but nobody has reaped yet."""
+        out = []
+        for proc in self.seen.values():
+            try:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    out.append(proc.pid)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
     def _reap_orphans(self) -> None:
         """Reap tree members that were re-parented to us (see become_subreaper)."""
         me = os.getpid()

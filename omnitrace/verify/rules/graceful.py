@@ -58,6 +58,11 @@ def _ignored(ctx: Context, proc, receipt):
     code, killer = proc.exit_status() if proc.exit_t is not None else (None, None)
     when = receipt.delivered_t or receipt.t
     how = "ignored" if receipt.disposition or receipt.result == "ignored" else "never took"
+    limit = min(ctx.deadline("exit_s"), ctx.end)
+    if proc.exit_t is not None and proc.exit_t > limit:
+        return (FAIL, f"{proc.label()}: {how} {receipt.name} at {ctx.at(when)} and exited only at "
+                f"{ctx.at(proc.exit_t)}, after the limit", when, receipt.deliver_ref or receipt.ref,
+                None)
     if proc.exit_t is not None and killer is None and code == 0:
         return (PASS, f"{proc.label()}: {how} {receipt.name} at {ctx.at(when)} (already shutting "
                 f"down) and exited with status 0 at {ctx.at(proc.exit_t)}", proc.exit_t,
