@@ -14,8 +14,11 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+# Figures for docs/performance.md: recorder storms and slowdown (root), 1M-event read and verify.
 bench: setup
-	$(PY) bench/run_all.py
+	$(PY) bench/bench_recorder.py
+	$(PY) bench/gen_timeline.py -n 1000000 -o /tmp/omnitrace-bench-1m.jsonl
+	$(PY) bench/bench_verify.py /tmp/omnitrace-bench-1m.jsonl
 
 doctor: setup
 	$(VENV)/bin/omnitrace doctor

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from opentelemetry.trace import Status, StatusCode
 
 from omnitrace.errors import OmnitraceError
+from omnitrace.gpu import GpuBackendError
 from omnitrace.events import signal_name
 from omnitrace.inject import marks, oom, probes
 from omnitrace.inject.load import Load, summary_table
@@ -81,6 +82,7 @@ class Driver:
         self.unavailable = threading.Event()
         self.probes_done = threading.Event()
         self.stop = threading.Event()
+        self._gpu = None   # the GPU backend, opened on first use (False: none here)
 
     def phase(self, name: str) -> None:
         self.outcome.phases[name] = round(time.monotonic() - self.t0, 3)
@@ -174,10 +176,27 @@ class Driver:
         # Settled includes reaped: a dead process left a zombie is the outcome still unfolding
         # (a correct parent reaps at once; one that never does must be watched for the window).
         if self.plan.target in ("serve", "all"):
-            return not self.server.alive() and not self.server.zombies()
+            return not self.server.alive() and not self.server.zombies() and not self.gpu_held()
         targets_gone = all(pid not in {p.pid for p in self.server.alive()}
                            for pid in self.outcome.fault_pids) or self.plan.fault == "oom"
         return targets_gone and self.unavailable.is_set() and not self.server.zombies()
+
+    def gpu_held(self) -> bool:
+        """Whether a process of the server's tree still holds GPU memory, as the recorder's GPU
+        backend sees it (memory can outlive its process: the release is part of the outcome)."""
+        if self._gpu is None:
+            from omnitrace.record.gpu import choose_backend
+            try:
+                self._gpu = choose_backend("auto")[0] or False
+            except OmnitraceError:
+                self._gpu = False
+        if not self._gpu:
+            return False
+        tree = set(self.server.seen) | ({self.server.proc.pid} if self.server.proc else set())
+        try:
+            return any(tree & set(self._gpu.processes(d)) for d in range(self._gpu.device_count()))
+        except GpuBackendError:  # a failing query must not hold the row: its window still ends it
+            return False
 
     def watch_health(self) -> None:
         while not self.stop.is_set() and not self.unavailable.is_set():
