@@ -27,7 +27,7 @@ DEFECTS = {
     "hang-inflight": ("under-load/sigterm/serve",
                       {"target-exits", "graceful-shutdown", "no-residue", "inflight-fail-fast"},
                       "chat"),
-    "exit-on-oom": ("oom/gpu-hog", {"oom-contract"}, "/health"),
+    "exit-on-oom": ("oom/gpu-hog", {"oom-contract"}, "exited at"),
     "healthy-under-oom": ("oom/gpu-hog", {"oom-contract"}, "200"),
     "speech-400-under-oom": ("oom/gpu-hog", {"oom-contract"}, "400"),
     # the ignoring stage stays up, so the server rightly stays healthy: the row fails as a whole

@@ -116,3 +116,15 @@ def test_a_stream_cut_after_its_2xx_headers_is_a_failure_not_a_success():
     bad_request = request_from_span(Span(1, 2, "POST", {**attrs, "http.response.status_code": 400,
                                                           "error.type": "400"}), 0)
     assert not bad_request.failed and not bad_request.succeeded
+
+
+def test_a_truncated_comm_does_not_hide_the_full_title():
+    """A zombie's procfs name and rename events carry only 15 characters of a setproctitle title."""
+    from omnitrace.events import ProcSnapshot, Rename
+    b = TimelineBuilder()
+    b.spawn(200, 1, "VLLM::StageEngineCoreProc_noid_replica0_DP0", 1.0)
+    b.add(Rename(ns(1.5), 200, 200, "python3", "VLLM::StageEngi"))
+    b.exit(200, 2.0)
+    b.add(ProcSnapshot(ns(2.5), 200, 1, "VLLM::StageEngi", [], "zombie"))
+    model = build_model(b.timeline())
+    assert model.process(200).name == "VLLM::StageEngineCoreProc_noid_replica0_DP0"

@@ -54,7 +54,7 @@ class _Builder:
 
     def rename(self, i, e):
         if e.tid == e.pid:  # setproctitle renames the main thread; worker threads' names are noise
-            self._get(e.pid).names.append((e.t, e.newcomm))
+            _add_name(self._get(e.pid), e.t, e.newcomm)
 
     def exit(self, i, e):
         if not e.group_dead:
@@ -100,8 +100,8 @@ class _Builder:
         if proc is None or (proc.reap_t is not None and proc.reap_t < e.t):
             start = e.create_time if e.create_time is not None else None
             proc = self._new(e.pid, start, None)
-        if e.name and (not proc.names or proc.names[-1][1] != e.name):
-            proc.names.append((e.t, e.name))
+        if e.name:
+            _add_name(proc, e.t, e.name)
         if e.cmdline:
             proc.cmdline = list(e.cmdline)
         proc.ports.update(e.ports)
@@ -138,6 +138,18 @@ class _Builder:
         request = request_from_span(e, i)
         if request is not None:
             self.model.requests.append(request)
+
+
+COMM_LEN = 15  # the kernel keeps 15 characters of a name (comm); procfs may show the full title
+
+
+def _add_name(proc: Process, t: int, name: str) -> None:
+    """A new title, unless it is the current one or its comm-length cut (a zombie's snapshot, a
+    rename event): those would hide the full title an engineer recognises."""
+    current = proc.names[-1][1] if proc.names else ""
+    if name == current or (len(name) == COMM_LEN and current.startswith(name)):
+        return
+    proc.names.append((t, name))
 
 
 def build_model(timeline: Timeline) -> Model:
