@@ -32,6 +32,8 @@ from omnitrace.inject.server import (Server, ServerFailed, become_subreaper, chi
 from omnitrace.inject.signals import inject_signal
 
 SETTLE_GRACE_S = 1.0   # keep observing this long after the outcome settled (GPU release, probes)
+OOM_DWELL_S = 5.0      # an OOM row holds the hog this long after health turned: the server must
+                       # survive a sustained OOM, and on a real GPU its collapse takes seconds
 HEALTH_POLL_S = 0.25
 
 
@@ -83,6 +85,7 @@ class Driver:
         self.probes_done = threading.Event()
         self.stop = threading.Event()
         self._gpu = None   # the GPU backend, opened on first use (False: none here)
+        self.unavailable_since: float | None = None
 
     def phase(self, name: str) -> None:
         self.outcome.phases[name] = round(time.monotonic() - self.t0, 3)
@@ -179,7 +182,13 @@ class Driver:
             return not self.server.alive() and not self.server.zombies() and not self.gpu_held()
         targets_gone = all(pid not in {p.pid for p in self.server.alive()}
                            for pid in self.outcome.fault_pids) or self.plan.fault == "oom"
+        if self.plan.fault == "oom" and not self.oom_dwelled():
+            return False
         return targets_gone and self.unavailable.is_set() and not self.server.zombies()
+
+    def oom_dwelled(self) -> bool:
+        since = self.unavailable_since
+        return since is not None and time.monotonic() - since >= OOM_DWELL_S
 
     def gpu_held(self) -> bool:
         """Whether a process of the server's tree still holds GPU memory, as the recorder's GPU
@@ -201,6 +210,7 @@ class Driver:
     def watch_health(self) -> None:
         while not self.stop.is_set() and not self.unavailable.is_set():
             if health_status(self.plan.url) != 200:
+                self.unavailable_since = time.monotonic()
                 self.unavailable.set()
             time.sleep(HEALTH_POLL_S)
 
