@@ -43,6 +43,10 @@ def set_parent_death_signal(sig: int, parent_pid: int) -> None:
 
 
 def _exit_on_signal(signum, frame):
+    # A second one (parent-death signal and a "kill all" close together) must not interrupt the
+    # cleanup the first started, wherever the interpreter is in its teardown.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise SystemExit(128 + signum)   # as vLLM's engine core: cleanup runs in `finally`
 
 
