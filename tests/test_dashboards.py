@@ -3,9 +3,11 @@ Pushgateway holding a verify push, and every panel's PromQL must return data."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,10 +15,9 @@ import httpx
 import pytest
 import yaml
 
-from omnitrace.events import GpuMemory, Span
-from omnitrace.export.live_metrics import LiveMetrics
 from omnitrace.export.prometheus import export_verdicts
-from tests.test_export_helpers import synthetic_events
+from omnitrace.inject.runner import scenario_command
+from omnitrace.verify.matrix import load_matrix
 from tests.test_export_metrics import free_port, sample_report, wait_http
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
@@ -60,22 +61,21 @@ def test_provisioning_files_point_grafana_at_the_dashboards():
 
 @pytest.fixture
 def prometheus_stack(tmp_path):
-    """Pushgateway + live metrics + a Prometheus scraping both every second."""
+    """A Pushgateway and a Prometheus scraping it and a recorder's --metrics-port every second.
+    Yields (the port the recorder must serve metrics on, gateway URL, Prometheus API URL)."""
     prom = shutil.which("prometheus")
     gateway_bin = shutil.which("prometheus-pushgateway")
     if not prom or not gateway_bin:
         pytest.skip("Debian's prometheus and prometheus-pushgateway are needed (make setup)")
     procs = []
-    live = LiveMetrics(port=0)
-    live.start()
     try:
-        gw_port, prom_port = free_port(), free_port()
+        gw_port, prom_port, metrics_port = free_port(), free_port(), free_port()
         procs.append(subprocess.Popen([gateway_bin, f"--web.listen-address=127.0.0.1:{gw_port}"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         config = {"global": {"scrape_interval": f"{SCRAPE_S}s", "evaluation_interval": "1s"},
                   "scrape_configs": [
                       {"job_name": "omnitrace-record", "static_configs": [
-                          {"targets": [f"127.0.0.1:{live.port}"]}]},
+                          {"targets": [f"127.0.0.1:{metrics_port}"]}]},
                       # honor_labels keeps each push's job and run_id
                       {"job_name": "pushgateway", "honor_labels": True, "static_configs": [
                           {"targets": [f"127.0.0.1:{gw_port}"]}]}]}
@@ -88,9 +88,8 @@ def prometheus_stack(tmp_path):
         gateway, api = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{prom_port}"
         wait_http(gateway + "/-/ready")
         wait_http(api + "/-/ready")
-        yield live, gateway, api
+        yield metrics_port, gateway, api
     finally:
-        live.stop()
         for proc in procs:
             proc.terminate()
         for proc in procs:
@@ -100,8 +99,9 @@ def prometheus_stack(tmp_path):
                 proc.kill()
 
 
-def query(api: str, expr: str) -> list:
-    reply = httpx.get(api + "/api/v1/query", params={"query": expr}, timeout=10).json()
+def query(api: str, expr: str, at: float | None = None) -> list:
+    params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
+    reply = httpx.get(api + "/api/v1/query", params=params, timeout=10).json()
     assert reply["status"] == "success", (expr, reply)
     return reply["data"]["result"]
 
@@ -113,35 +113,53 @@ def wait_for(api: str, expr: str, timeout: float = 60) -> None:
         time.sleep(0.5)
 
 
+def record_a_row(tmp_path, metrics_port: int, row_id: str) -> subprocess.Popen:
+    """`omnitrace record --metrics-port` of one matrix row against the testbed, as `matrix run`
+    records it: load, a killed worker, health turning 503, the simulated GPU, scenario marks."""
+    row = load_matrix(None).row(row_id)
+    port = free_port()
+    argv = scenario_command(row, f"{sys.executable} -m omnitrace.cli testbed serve --port {{port}}",
+                            port, f"http://127.0.0.1:{port}", tmp_path / "outcome.json",
+                            ["--metrics-port", str(metrics_port)], tmp_path / "row.jsonl")
+    env = {**os.environ, "OMNITRACE_SIM_GPU": str(tmp_path / "gpu")}
+    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
 @pytest.mark.slow
-def test_every_panel_returns_data_from_a_real_prometheus(prometheus_stack):
-    live, gateway, api = prometheus_stack
+def test_every_panel_returns_data_from_a_real_prometheus(prometheus_stack, tmp_path):
+    metrics_port, gateway, api = prometheus_stack
     export_verdicts(sample_report("run-1"), pushgateway=gateway)
     export_verdicts(sample_report("run-2"), pushgateway=gateway)
-    # a recording in progress: the synthetic server tree, then traffic over several scrapes
-    events = synthetic_events()
-    for event in events:
-        live.observe(event)
-    wait_for(api, 'omnitrace_traced_processes')
-    for step in range(4):
-        for status in (200, 503):
-            live.observe(Span(t=step, end=step + 1, name="GET /health", source="health",
-                              attributes={"http.request.method": "GET", "url.path": "/health",
-                                          "http.response.status_code": status}))
-        live.observe(GpuMemory(t=step, device=0, used=step << 30, total=80 << 30))
-        time.sleep(SCRAPE_S * 1.5)
-    # rates need two samples with a change between them, from both jobs
-    wait_for(api, 'count_over_time(omnitrace_events_total{kind="span"}[1m]) >= 3')
+    recording = record_a_row(tmp_path, metrics_port, "under-load/sigkill/worker")
+    live_at = None
+    try:
+        wait_for(api, "omnitrace_traced_processes > 0", timeout=120)
+        # Evaluate the panels at the last scrape of the live recording: once it ends, its series
+        # go stale, but an instant query at that moment still sees the whole recording.
+        while recording.poll() is None:
+            if query(api, 'up{job="omnitrace-record"} == 1'):
+                live_at = time.time()
+            time.sleep(0.5)
+    finally:
+        if recording.poll() is None:
+            os.killpg(recording.pid, 9)
+        recording.wait(30)
+    assert recording.returncode == 0 and live_at is not None
+    assert query(api, 'omnitrace_current_scenario{row="under-load/sigkill/worker"}', live_at)
+    assert query(api, 'omnitrace_http_responses_total{status_code=~"5.."}', live_at)
+    assert query(api, 'omnitrace_signals_total{signal="SIGKILL"}', live_at)
     wait_for(api, 'omnitrace_run_scenarios{run_id="run-2"}')
     empty = []
     for name in ("run-overview.json", "live-recording.json"):
         board = dashboard(name)
         for title, expr in panel_queries(board):
-            if not query(api, concrete(expr)):
+            if not query(api, concrete(expr), live_at):
                 empty.append(f"{name}: {title}: {expr}")
         for variable in board["templating"]["list"]:
             if variable["type"] == "query":
                 label = re.match(r"label_values\((.*), (\w+)\)", variable["query"]["query"])
-                values = {r["metric"].get(label.group(2)) for r in query(api, concrete(label.group(1)))}
+                values = {r["metric"].get(label.group(2))
+                          for r in query(api, concrete(label.group(1)), live_at)}
                 assert values - {None}, f"{name}: variable {variable['name']} has no values"
     assert not empty, "panels without data:\n" + "\n".join(empty)
