@@ -96,6 +96,10 @@ class TimelineWriter:
             self._pending.append(line)
             self.events_written += 1
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def extend(self, events: Iterable[Event]) -> None:
         for event in events:
             self.append(event)

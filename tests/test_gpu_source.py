@@ -16,8 +16,7 @@ from omnitrace.errors import OmnitraceError
 from omnitrace.gpu import GpuBackendError
 from omnitrace.gpu.sim import SimGpu, ensure_device
 from omnitrace.record.gpu import GpuSource, choose_backend, make_gpu_source
-from omnitrace.record.source import RecordContext
-from omnitrace.timeline import TimelineWriter, make_header, read_timeline
+from tests.harness import SourceRun, wait_for
 
 GiB = 1 << 30
 
@@ -28,39 +27,6 @@ HOLDER = textwrap.dedent("""
     print("READY", flush=True)
     time.sleep(300)
 """)
-
-
-class Recording:
-    """A GPU source writing to a real timeline file, as the recorder would drive it."""
-
-    def __init__(self, tmp_path, source: GpuSource):
-        self.path = tmp_path / "run.jsonl"
-        self.source = source
-        self.writer = TimelineWriter(self.path, make_header(["test"], {"gpu": {}}))
-        self.ctx = RecordContext(emit=self.writer.append)
-
-    def __enter__(self):
-        self.source.prepare(self.ctx)
-        self.source.start(self.ctx)
-        return self
-
-    def finish(self):
-        self.source.stop()
-        self.writer.close({"gpu": self.source.counters()})
-        return read_timeline(self.path)
-
-    def __exit__(self, *exc):
-        if not self.writer._closed:
-            self.finish()
-
-
-def wait_for(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -77,7 +43,7 @@ def start_holder(device_dir, nbytes):
 
 
 def test_killed_holder_memory_leaves_the_timeline_after_the_release_delay(tmp_path, sim_device):
-    with Recording(tmp_path, GpuSource(SimGpu(sim_device))) as rec:
+    with SourceRun(tmp_path, GpuSource(SimGpu(sim_device))) as rec:
         holder = start_holder(sim_device, 3 * GiB)
         try:
             wait_for(lambda: rec.source._last_memory.get(0, (0, 0))[0] == 3 * GiB,
@@ -139,7 +105,7 @@ class ScriptedBackend:
 def test_unchanged_values_write_nothing_after_the_baseline(tmp_path):
     backend = ScriptedBackend(devices=2)
     backend.held[1] = {4242: 5 << 20}
-    with Recording(tmp_path, GpuSource(backend)) as rec:
+    with SourceRun(tmp_path, GpuSource(backend)) as rec:
         baseline = rec.source.counters()["events"]  # written in prepare(), before the command
         wait_for(lambda: rec.source.counters()["memory_samples"] > 40, what="samples")
         timeline = rec.finish()
@@ -151,7 +117,7 @@ def test_unchanged_values_write_nothing_after_the_baseline(tmp_path):
 
 def test_a_lost_gpu_is_recorded_once_and_sampling_goes_on(tmp_path):
     backend = ScriptedBackend(devices=1)
-    with Recording(tmp_path, GpuSource(backend)) as rec:
+    with SourceRun(tmp_path, GpuSource(backend)) as rec:
         backend.failing = "GPU is lost"
         wait_for(lambda: rec.source.counters()["errors"] > 20, what="failing samples")
         backend.failing = None
@@ -168,7 +134,7 @@ def test_a_lost_gpu_is_recorded_once_and_sampling_goes_on(tmp_path):
 def test_a_fatal_signal_switches_memory_sampling_to_the_burst_rate(tmp_path):
     backend = ScriptedBackend(devices=1)
     source = GpuSource(backend, memory_hz=20, burst_hz=500, burst_s=1.0)
-    with Recording(tmp_path, source) as rec:
+    with SourceRun(tmp_path, source) as rec:
         time.sleep(1.0)
         signal_t = time.monotonic_ns()
         rec.ctx.fatal_signal(signal_t, 1234)
@@ -212,7 +178,7 @@ def test_testbed_stage_killed_its_memory_leaves_the_timeline_the_release_delay_a
 
     device = ensure_device(tmp_path / "gpu", release_delay_s=0.5)
     with running_testbed(["--step-mem", "1MiB"], sim_dir=device) as tb, \
-            Recording(tmp_path, GpuSource(SimGpu(device))) as rec:
+            SourceRun(tmp_path, GpuSource(SimGpu(device))) as rec:
         stage = tb.stage_pids[0]  # the thinker: alone on GPU 0
         wait_for(lambda: stage in rec.source._last_processes.get(0, {}), what="stage 0 on GPU 0")
         kill_t = time.monotonic_ns()

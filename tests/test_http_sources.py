@@ -16,8 +16,7 @@ import pytest
 
 from omnitrace.record.http import HealthProber, make_http_sources
 from omnitrace.record.otlp import OtlpReceiver
-from omnitrace.record.source import RecordContext
-from omnitrace.timeline import TimelineWriter, make_header, read_timeline
+from tests.harness import SourceRun
 
 # A server that turns unhealthy on SIGUSR1 and moves to a new port on SIGUSR2; it prints each port.
 SERVER = textwrap.dedent("""
@@ -53,47 +52,6 @@ SERVER = textwrap.dedent("""
 """)
 
 
-class Recording:
-    def __init__(self, tmp_path, source, root_pid=None):
-        self.path = tmp_path / "run.jsonl"
-        self.source = source
-        self.writer = TimelineWriter(self.path, make_header(["test"], {source.name: {}}))
-        self.ctx = RecordContext(emit=self.writer.append)
-        self.ctx.root_pid = root_pid
-        self.spans: list = []
-        self.ctx._emit = self._emit  # keep a live view for polling, and write as the recorder does
-
-    def _emit(self, event):
-        if event.kind == "span":
-            self.spans.append(event)
-        self.writer.append(event)
-
-    def __enter__(self):
-        self.source.prepare(self.ctx)
-        self.source.start(self.ctx)
-        return self
-
-    def finish(self):
-        self.source.stop()
-        if not self.writer._closed:
-            self.writer.close({self.source.name: self.source.counters()})
-        return read_timeline(self.path)
-
-    def __exit__(self, *exc):
-        self.finish()
-
-    def wait_for_span(self, predicate, timeout=30.0, what="a probe"):
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while time.monotonic() < deadline:
-            for span in self.spans[seen:]:
-                if predicate(span):
-                    return span
-            seen = len(self.spans)
-            time.sleep(0.01)
-        raise AssertionError(f"timed out waiting for {what}; last: {self.spans[-3:]}")
-
-
 @pytest.fixture
 def server():
     proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
@@ -109,15 +67,15 @@ def status_of(span):
 
 def test_probes_see_200_turn_503_then_refused(tmp_path, server):
     url = f"http://127.0.0.1:{server.first_port}/health"
-    with Recording(tmp_path, HealthProber(url)) as rec:
-        rec.wait_for_span(lambda s: status_of(s) == 200, what="a 200")
+    with SourceRun(tmp_path, HealthProber(url)) as rec:
+        rec.wait_for_event("span", lambda s: status_of(s) == 200, what="a 200")
         time.sleep(1.0)
         server.send_signal(signal.SIGUSR1)
-        rec.wait_for_span(lambda s: status_of(s) == 503, what="a 503")
+        rec.wait_for_event("span", lambda s: status_of(s) == 503, what="a 503")
         server.kill()
         server.wait()
         killed_t = time.monotonic_ns()
-        refused = rec.wait_for_span(lambda s: s.attributes.get("error.type") == "refused",
+        refused = rec.wait_for_event("span", lambda s: s.attributes.get("error.type") == "refused",
                                     what="refused")
         timeline = rec.finish()
 
@@ -144,8 +102,8 @@ def test_a_server_that_never_answers_reads_as_timeout(tmp_path):
     silent.listen(64)  # the kernel completes the handshakes; nobody ever reads or answers
     try:
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/health"
-        with Recording(tmp_path, HealthProber(url, timeout_s=0.2)) as rec:
-            span = rec.wait_for_span(lambda s: True)
+        with SourceRun(tmp_path, HealthProber(url, timeout_s=0.2)) as rec:
+            span = rec.wait_for_event("span", lambda s: True)
     finally:
         silent.close()
     assert span.attributes["error.type"] == "timeout" and span.status == "error"
@@ -176,8 +134,8 @@ def test_a_connection_dropped_without_an_answer_reads_as_reset(tmp_path, abort):
     thread.start()
     try:
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/health"
-        with Recording(tmp_path, HealthProber(url)) as rec:
-            span = rec.wait_for_span(lambda s: True)
+        with SourceRun(tmp_path, HealthProber(url)) as rec:
+            span = rec.wait_for_event("span", lambda s: True)
     finally:
         stop.set()
         thread.join()
@@ -186,11 +144,11 @@ def test_a_connection_dropped_without_an_answer_reads_as_reset(tmp_path, abort):
 
 
 def test_url_is_discovered_from_the_traced_server_and_followed_when_it_moves(tmp_path, server):
-    with Recording(tmp_path, HealthProber(None), root_pid=server.pid) as rec:
-        first = rec.wait_for_span(lambda s: status_of(s) == 200, what="a probe on the first port")
+    with SourceRun(tmp_path, HealthProber(None), root_pid=server.pid) as rec:
+        first = rec.wait_for_event("span", lambda s: status_of(s) == 200, what="a probe on the first port")
         server.send_signal(signal.SIGUSR2)
         second_port = int(server.stdout.readline())
-        moved = rec.wait_for_span(
+        moved = rec.wait_for_event("span", 
             lambda s: s.attributes["url.full"].endswith(f":{second_port}/health")
             and status_of(s) == 200, what="a probe on the new port")
         timeline = rec.finish()
@@ -213,11 +171,11 @@ def test_testbed_health_turns_503_or_refused_when_a_stage_is_killed(tmp_path):
     from omnitrace.testbed.harness import running_testbed  # the system under test, on the sim
 
     with running_testbed([], sim_dir=tmp_path / "gpu") as tb, \
-            Recording(tmp_path, HealthProber(None), root_pid=tb.pid) as rec:
-        rec.wait_for_span(lambda s: status_of(s) == 200, what="the testbed healthy")
+            SourceRun(tmp_path, HealthProber(None), root_pid=tb.pid) as rec:
+        rec.wait_for_event("span", lambda s: status_of(s) == 200, what="the testbed healthy")
         kill_t = time.monotonic_ns()
         os.kill(tb.stage_pids[1], signal.SIGKILL)
-        turned = rec.wait_for_span(
+        turned = rec.wait_for_event("span", 
             lambda s: s.t > kill_t and (status_of(s) == 503
                                         or s.attributes.get("error.type") == "refused"),
             what="503 or refused")

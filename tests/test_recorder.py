@@ -12,19 +12,11 @@ import pytest
 
 from omnitrace import events as ev
 from omnitrace.timeline import read_timeline
+from tests.harness import wait_for
 from tests.recording import (OMNITRACE, REPO, descendants, kill_session, record_lifecycle_tree,
                              start_recording)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF needs root (CI runs as root)")
-
-
-def wait_for(predicate, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def lines(path):

@@ -1,0 +1,59 @@
+"""What many tests share: waiting on a condition with a deadline, and running one recorder
+source on its own into a real timeline file, as the recorder drives it."""
+from __future__ import annotations
+
+import time
+
+from omnitrace.record.source import RecordContext
+from omnitrace.timeline import TimelineWriter, make_header, read_timeline
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition", step: float = 0.01):
+    """predicate()'s first true value, polled until the deadline; AssertionError after it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class SourceRun:
+    """One source writing a real timeline file; `events` is a live view for polling."""
+
+    def __init__(self, tmp_path, source, root_pid: int | None = None):
+        self.path = tmp_path / "run.jsonl"
+        self.source = source
+        self.writer = TimelineWriter(self.path, make_header(["test"], {source.name: {}}))
+        self.events: list = []
+        self.ctx = RecordContext(emit=self._emit)
+        self.ctx.root_pid = root_pid
+
+    def _emit(self, event) -> None:
+        self.events.append(event)
+        self.writer.append(event)
+
+    def __enter__(self) -> "SourceRun":
+        self.source.prepare(self.ctx)
+        self.source.start(self.ctx)
+        return self
+
+    def finish(self):
+        """Stop the source, write the footer, and read the file back (once)."""
+        if not self.writer.closed:
+            self.source.stop()
+            self.writer.close({self.source.name: self.source.counters()})
+        return read_timeline(self.path)
+
+    def __exit__(self, *exc) -> None:
+        self.finish()
+
+    def wait_for_event(self, kind: str, predicate, timeout: float = 30.0, what: str = "an event"):
+        def found():
+            return next((e for e in list(self.events) if e.kind == kind and predicate(e)), None)
+        try:
+            return wait_for(found, timeout, what)
+        except AssertionError:
+            last = [e for e in self.events if e.kind == kind][-3:]
+            raise AssertionError(f"timed out waiting for {what}; last: {last}") from None
