@@ -10,7 +10,7 @@ import resource
 import sys
 import time
 
-from omnitrace.timeline import read_timeline
+from omnitrace.timeline import read_timeline, settle_for_analysis
 from omnitrace.verify.engine import verify_timeline
 from omnitrace.verify.matrix import load_matrix
 
@@ -18,6 +18,7 @@ from omnitrace.verify.matrix import load_matrix
 def main(path: str) -> int:
     start = time.perf_counter()
     timeline = read_timeline(path)
+    settle_for_analysis()  # as `omnitrace verify` does
     read_s = time.perf_counter() - start
     report = verify_timeline(timeline, load_matrix(None))
     total_s = time.perf_counter() - start

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from omnitrace.timeline import read_timeline
+from omnitrace.timeline import read_timeline, settle_for_analysis
 from omnitrace.verify.engine import verify_timeline
 from omnitrace.verify.junit import to_junit
 from omnitrace.verify.matrix import load_matrix
@@ -35,6 +35,7 @@ def verify(timeline, matrix_file, scenario_glob, json_out, junit_out, strict, le
     Exit status: 0 all pass, 1 any failure (or inconclusive with --strict), 2 bad input."""
     matrix = load_matrix(matrix_file)
     loaded = read_timeline(timeline, lenient=lenient)
+    settle_for_analysis()
     report = verify_timeline(loaded, matrix, scenario_glob)
     if prometheus_textfile or pushgateway:
         from omnitrace.export.prometheus import export_verdicts
