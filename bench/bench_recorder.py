@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,26 +60,35 @@ def storm_under_recorder(mode: str, rate: int, seconds: float) -> dict:
             "lost": lost, "ops": ops, "cpu_share": (cpu1 - cpu0) / max(t1 - t0, 1e-9)}
 
 
-def forkloop_seconds(prefix: list[str], count: int) -> float:
+def forkloop(prefix: list[str], count: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of the fork loop, run under `prefix`."""
     out = subprocess.run(prefix + STORM + ["forkloop", str(count)], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout.split()
-    return float(out[-1])
+    return float(out[-2]), float(out[-1])
 
 
-def forkloop_under_bpftrace(count: int) -> float:
+def bpftrace_prefix(tmp: str, count: int) -> list[str]:
     """bpftrace runs the workload itself (-c) and follows its tree like omnitrace does."""
-    with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / "trace.bt"
-        script.write_text(BPFTRACE_SCRIPT.replace("/@traced[pid]/", "/pid == cpid || @traced[pid]/"))
-        command = " ".join(STORM + ["forkloop", str(count)])
-        out = subprocess.run(["bpftrace", "-o", str(Path(tmp) / "out.txt"), "-c", command, str(script)],
-                             capture_output=True, text=True, check=True).stdout.split()
-        return float(out[-1])
+    script = Path(tmp) / "trace.bt"
+    script.write_text(BPFTRACE_SCRIPT.replace("/@traced[pid]/", "/pid == cpid || @traced[pid]/"))
+    return ["bpftrace", "-o", str(Path(tmp) / "out.txt"), "-c", " ".join(STORM + ["forkloop", str(count)]),
+            str(script)]
 
 
-def forkloop_recorded(count: int) -> float:
+def slowdowns(count: int, pairs: int) -> dict[str, list[tuple[float, float]]]:
+    """Alternate untraced / omnitrace / bpftrace runs, `pairs` rounds: this VM's speed drifts by
+    more than the effect, so each traced run is compared with the untraced run next to it."""
+    runs: dict[str, list[tuple[float, float]]] = {"untraced": [], "omnitrace": [], "bpftrace": []}
     with tempfile.TemporaryDirectory() as tmp:
-        return forkloop_seconds(RECORD + ["-o", str(Path(tmp) / "loop.jsonl"), "--"], count)
+        record = RECORD + ["-o", str(Path(tmp) / "loop.jsonl"), "--"]
+        for _ in range(pairs):
+            runs["untraced"].append(forkloop([], count))
+            runs["omnitrace"].append(forkloop(record, count))
+            if _has("bpftrace"):
+                out = subprocess.run(bpftrace_prefix(tmp, count), capture_output=True, text=True,
+                                     check=True).stdout.split()
+                runs["bpftrace"].append((float(out[-2]), float(out[-1])))
+    return runs
 
 
 def main() -> int:
@@ -86,17 +96,17 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rates", default="1000,10000,20000,40000")
     parser.add_argument("--forks", type=int, default=3000)
+    parser.add_argument("--pairs", type=int, default=7)
+    parser.add_argument("--skip-storms", action="store_true")
     args = parser.parse_args()
     rows = []
-    for mode in ("signals", "forks"):
+    for mode in () if args.skip_storms else ("signals", "forks"):
         for rate in [int(r) for r in args.rates.split(",")]:
             rows.append(storm_under_recorder(mode, rate, args.seconds))
             r = rows[-1]
             print(f"{mode:8} target {rate:>6}/s achieved {r['achieved']:>8.0f}/s lost {r['lost']:>6} "
                   f"recorder CPU {r['cpu_share'] * 100:5.1f}%", flush=True)
-    bare = min(forkloop_seconds([], args.forks) for _ in range(3))
-    traced = min(forkloop_recorded(args.forks) for _ in range(3))
-    reference = forkloop_under_bpftrace(args.forks) if _has("bpftrace") else None
+    runs = slowdowns(args.forks, args.pairs)
     print()
     print("| storm | target events/s | recorded events/s | lost | recorder CPU (1 core = 100 %) |")
     print("| --- | ---: | ---: | ---: | ---: |")
@@ -104,12 +114,22 @@ def main() -> int:
         print(f"| {r['mode']} | {r['target']:,} | {r['achieved']:,.0f} | {r['lost']:,} | "
               f"{r['cpu_share'] * 100:.1f} % |")
     print()
-    print(f"| fork/exit/wait x {args.forks} | seconds | slowdown |")
-    print("| --- | ---: | ---: |")
-    print(f"| untraced | {bare:.3f} | - |")
-    print(f"| omnitrace record | {traced:.3f} | {(traced / bare - 1) * 100:+.1f} % |")
-    if reference is not None:
-        print(f"| bpftrace (same tracepoints, printf) | {reference:.3f} | {(reference / bare - 1) * 100:+.1f} % |")
+    print(f"| fork/exit/wait x {args.forks}, {args.pairs} alternating rounds | wall s (median) | "
+          "slowdown, wall (median of rounds) | workload CPU s (median) | slowdown, CPU |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    base = runs["untraced"]
+    for name, label in (("untraced", "untraced"), ("omnitrace", "omnitrace record"),
+                        ("bpftrace", "bpftrace (same tracepoints, printf)")):
+        if not runs[name]:
+            continue
+        wall = statistics.median(w for w, _ in runs[name])
+        cpu = statistics.median(c for _, c in runs[name])
+        if name == "untraced":
+            print(f"| {label} | {wall:.3f} | - | {cpu:.3f} | - |")
+            continue
+        ratio_w = statistics.median(t[0] / b[0] - 1 for t, b in zip(runs[name], base))
+        ratio_c = statistics.median(t[1] / b[1] - 1 for t, b in zip(runs[name], base))
+        print(f"| {label} | {wall:.3f} | {ratio_w * 100:+.1f} % | {cpu:.3f} | {ratio_c * 100:+.1f} % |")
     return 0
 
 

@@ -5,10 +5,12 @@
     storm.py forks RATE SECONDS     fork + _exit(0) + waitpid: 5 events a child (fork, exit_group,
                                     exit, SIGCHLD generate, reap); RATE 0 = as fast as it can
     storm.py forkloop COUNT         COUNT fork/exit/wait cycles as fast as possible, then prints
-                                    the seconds they took (the slowdown workload)
+                                    the wall seconds they took and the CPU seconds they used
+                                    (itself and its children; BPF programs run on this CPU time)
 Prints the number of operations done on stdout.
 """
 import os
+import resource
 import signal
 import sys
 import time
@@ -40,14 +42,19 @@ def fork_once() -> None:
     os.waitpid(pid, 0)
 
 
+def _cpu_seconds() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main(argv: list[str]) -> int:
     mode = argv[1]
     if mode == "forkloop":
         count = int(argv[2])
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), _cpu_seconds()
         for _ in range(count):
             fork_once()
-        print(f"{time.perf_counter() - start:.6f}")
+        print(f"{time.perf_counter() - start:.6f} {_cpu_seconds() - cpu0:.6f}")
         return 0
     rate_events, seconds = float(argv[2]), float(argv[3])
     if mode == "signals":
