@@ -2,7 +2,10 @@
 source on its own into a real timeline file, as the recorder drives it."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 
 from omnitrace.record.source import RecordContext
 from omnitrace.timeline import TimelineWriter, make_header, read_timeline
@@ -57,3 +60,23 @@ class SourceRun:
         except AssertionError:
             last = [e for e in self.events if e.kind == kind][-3:]
             raise AssertionError(f"timed out waiting for {what}; last: {last}") from None
+
+
+@contextmanager
+def ready_processes():
+    """start(code, env=None) runs `python -c code`, which must print READY once it holds what it
+    set out to hold; every process started is killed at the end, also when a test fails."""
+    procs: list[subprocess.Popen] = []
+
+    def start(code: str, env: dict | None = None) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                                env=env)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "READY"
+        return proc
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from omnitrace.gpu import GpuOutOfMemory, sim
+from tests.harness import ready_processes
 
 GiB = 1 << 30
 
@@ -22,22 +21,12 @@ def device(tmp_path):
 @pytest.fixture
 def holder(device):
     """Start processes that allocate on the device and hold it; killed at the end regardless."""
-    procs = []
-
-    def start(nbytes: int, device_index: int = 0, delay_s: float | None = None):
-        code = ("import sys, time; from omnitrace.gpu.sim import SimGpu; "
-                f"SimGpu({str(device.path)!r}).allocate({device_index}, {nbytes}, {delay_s!r}); "
-                "print('READY', flush=True); time.sleep(600)")
-        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-        procs.append(p)
-        assert p.stdout.readline().strip() == "READY"
-        return p
-    try:
-        yield start
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+    with ready_processes() as start:
+        def hold(nbytes: int, device_index: int = 0, delay_s: float | None = None):
+            return start("import sys, time; from omnitrace.gpu.sim import SimGpu; "
+                         f"SimGpu({str(device.path)!r}).allocate({device_index}, {nbytes}, {delay_s!r}); "
+                         "print('READY', flush=True); time.sleep(600)")
+        yield hold
 
 
 def wait_until(predicate, timeout_s: float, step_s: float = 0.002) -> float:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import httpx
@@ -13,6 +11,7 @@ import pytest
 
 from omnitrace.gpu import sim
 from omnitrace.testbed.harness import StreamingChat, is_gone, running_testbed, wait_until
+from tests.harness import ready_processes
 
 TITLES = ["VLLM::StageEngineCoreProc_thinker_replica0_DP0",
           "VLLM::StageEngineCoreProc_talker_replica0_DP0",
@@ -254,20 +253,8 @@ time.sleep(600)
 
 @pytest.fixture
 def hog_factory():
-    procs = []
-
-    def start(tb):
-        p = subprocess.Popen([sys.executable, "-c", HOG], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, sim.ENV_VAR: tb.sim_dir})
-        procs.append(p)
-        assert p.stdout.readline().strip() == "READY"
-        return p
-    try:
-        yield start
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+    with ready_processes() as start:
+        yield lambda tb: start(HOG, env={**os.environ, sim.ENV_VAR: tb.sim_dir})
 
 
 def test_oom_gives_503_and_500_then_recovers(tb, hog_factory):
