@@ -172,3 +172,34 @@ def test_kernel_oom_kill_is_recorded(tmp_path, small_memory_cgroup):
     victim = one(timeline, ev.OomKill)
     assert victim.pid == timeline.events[0].pid  # the recorded command itself
     assert one(timeline, ev.Reap, pid=victim.pid).signal == 9
+
+
+def test_ring_buffer_overflow_is_counted_and_written_as_lost_records():
+    """A one-page ring buffer (about 18 records) and a burst of thousands of signals between two
+    polls: the reserve failures must come out as `lost` records, never silently."""
+    import signal as signals
+    import threading
+
+    from omnitrace.record.kernel import KernelSource
+    from omnitrace.record.source import RecordContext
+    seen: list = []
+    ctx = RecordContext(emit=seen.append)
+    source = KernelSource(ringbuf_pages=1)
+    source.prepare(ctx)
+    previous = signals.signal(signals.SIGUSR1, lambda *_: None)
+    try:
+        source.add_process(os.getpid())
+        source.start(ctx)
+        burst = threading.Thread(target=lambda: [os.kill(os.getpid(), signals.SIGUSR1)
+                                                 for _ in range(5000)])
+        burst.start()
+        burst.join()
+    finally:
+        source.stop()
+        signals.signal(signals.SIGUSR1, previous)
+    lost = [e for e in seen if isinstance(e, ev.Lost)]
+    recorded = [e for e in seen if isinstance(e, ev.SignalGenerate) and e.signal == 10]
+    assert lost and source.counters()["lost"] == sum(e.count for e in lost) > 0
+    assert all(e.source == "kernel" and e.t <= e.end for e in lost)
+    # every signal sent is either on the timeline or counted as lost (delivers are extra records)
+    assert len(recorded) + source.counters()["lost"] >= 5000

@@ -83,8 +83,8 @@ class KernelSource(Source):
                                                 "-Wno-macro-redefined"])
         except Exception as exc:  # bcc raises bare Exception on compile/attach failures
             raise SourceUnavailable(f"bcc could not load {PROGRAM}: {exc}") from None
-        self._bpf["config"][ctypes.c_int(0)] = abi.RawConfig(trace_all=int(self.trace_all))
-        self._bpf["events"].open_ring_buffer(self._on_record)
+        self._bpf[b"config"][ctypes.c_int(0)] = abi.RawConfig(trace_all=int(self.trace_all))
+        self._bpf[b"events"].open_ring_buffer(self._on_record)
         ctx.trace_all = self.trace_all
         self._last_drain_ts = time.monotonic_ns()
         return {}
@@ -113,7 +113,7 @@ class KernelSource(Source):
 
     # -- the traced set ---------------------------------------------------------------------
     def add_process(self, pid: int) -> None:
-        self._bpf["traced"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+        self._bpf[b"traced"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
         self._ctx.add_traced(pid)
 
     def add_tree(self, root: int) -> list[int]:
@@ -124,7 +124,7 @@ class KernelSource(Source):
         except psutil.Error as exc:
             raise SourceUnavailable(f"cannot attach to pid {root}: {exc}") from None
         added = []
-        owners = self._bpf["thread_owner"]
+        owners = self._bpf[b"thread_owner"]
         for proc in procs:
             self.add_process(proc.pid)
             added.append(proc.pid)
@@ -150,7 +150,7 @@ class KernelSource(Source):
             time.sleep(BATCH_PAUSE_S)
 
     def _drain_lost(self) -> None:
-        per_cpu = self._bpf["lost"][ctypes.c_int(0)]
+        per_cpu = self._bpf[b"lost"][ctypes.c_int(0)]
         total = sum(v.count for v in per_cpu)
         if total <= self._lost:
             return
