@@ -72,7 +72,7 @@ def _headers() -> Check:
 def _compile() -> Check:
     try:
         from bcc import BPF
-        BPF(text=(BPF_DIR / PROGRAM).read_text(),
+        BPF(text=(BPF_DIR / PROGRAM).read_bytes(),
             cflags=[f"-I{BPF_DIR}", "-DRINGBUF_PAGES=16", "-Wno-macro-redefined"]).cleanup()
         return Check("tracepoint programs", True, f"{PROGRAM} compiles and attaches")
     except Exception as exc:  # bcc raises bare Exception

@@ -77,7 +77,7 @@ class KernelSource(Source):
             raise SourceUnavailable(reason)
         from bcc import BPF
         self._ctx = ctx
-        text = (BPF_DIR / PROGRAM).read_text()
+        text = (BPF_DIR / PROGRAM).read_bytes()
         try:
             self._bpf = BPF(text=text, cflags=[f"-I{BPF_DIR}", f"-DRINGBUF_PAGES={self.ringbuf_pages}",
                                                 "-Wno-macro-redefined"])
