@@ -25,7 +25,7 @@ import pytest
 from omnitrace.inject import marks, oom
 from omnitrace.inject.load import Load, RequestResult
 from omnitrace.inject.probes import probe
-from omnitrace.inject.server import Server, child_env, expand, free_port
+from omnitrace.inject.server import Server, become_subreaper, child_env, expand, free_port
 from omnitrace.inject.signals import SignalFault, inject_signal
 
 MARKER = "omnitrace"
@@ -86,6 +86,7 @@ class RunningServer:
     def __init__(self, server: Server, row: str | None):
         self._server, self.row = server, row
         self.url, self.pid = server.url, server.proc.pid
+        self.faulted = False   # set by omnitrace_inject: the window then waits for the outcome
 
     def tree_pids(self) -> list[int]:
         self._server.remember_tree()
@@ -108,6 +109,20 @@ class RunningServer:
         return _poll(lambda: self.health() != 200, timeout_s, every_s=0.5)
 
 
+SETTLE_MAX_S = 10.0
+
+
+def _settle(server: Server, running: RunningServer) -> None:
+    """Before a faulted test's window closes: let the outcome finish, as `matrix run` does (every
+    dead process of the tree reaped; after a killed root, the whole tree gone), bounded, then
+    leave one health probe after it, so verify sees both without waiting on the test's pace."""
+    def finished() -> bool:
+        root_alive = server.proc.poll() is None
+        return not server.zombies() and (root_alive or not server.alive())
+    _poll(finished, SETTLE_MAX_S)
+    running.health()
+
+
 def _poll(condition, timeout_s: float, every_s: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -126,12 +141,17 @@ def omnitrace_server(request, _omnitrace_window):
     url = options.omnitrace_url.replace("{port}", str(port)).rstrip("/")
     server = Server(expand(options.omnitrace_serve or testbed_command(), port), url)
     row = _omnitrace_window.row
+    become_subreaper()  # orphans of the server are reaped here, where the recorder sees it
     server.start(child_env(OMNITRACE_SCENARIO=row, OMNITRACE_SERVER_URL=url))
+    running = None
     try:
         server.wait_healthy(options.omnitrace_startup_timeout)
         _omnitrace_window.name_server(server.proc.pid, url)
-        yield RunningServer(server, row)
+        running = RunningServer(server, row)
+        yield running
     finally:
+        if running is not None and running.faulted and row:
+            _settle(server, running)
         _omnitrace_window.close()  # the window ends before clean-up starts
         leftovers = server.stop()
         if leftovers:
@@ -145,11 +165,13 @@ class Injector:
 
     def signal(self, target: str, sig: str) -> SignalFault:
         """Signal `target` (worker, serve, all, a pid or a pattern) in the server's tree."""
+        self.server.faulted = True
         return inject_signal(self.server.pid, target, sig, scenario=self.server.row,
                              server_url=self.server.url)
 
     def oom(self, ratio: float = oom.DEFAULT_RATIO, hold_s: float = 300.0, strict: bool = False):
         """Start the GPU memory hog (every device) and wait for READY; stopped at teardown."""
+        self.server.faulted = True
         env = child_env(OMNITRACE_SCENARIO=self.server.row, OMNITRACE_SERVER_URL=self.server.url,
                         OMNITRACE_SERVER_PID=str(self.server.pid))
         hog = oom.start_hog(ratio, hold_s=hold_s, strict=strict, env=env)
