@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 
 from omnitrace import events as ev
-from omnitrace.procstat import read_stat
+from omnitrace.procstat import is_running, read_stat
 from omnitrace.record.source import RecordContext, Source
 
 DEFAULT_SNAPSHOT_INTERVAL_S = 1.0
@@ -160,7 +160,7 @@ class ProcfsSource(Source):
                 del self._alive[pid]
                 self._gone.add(pid)
                 self._emit_lifecycle(ev.Reap(t=now, reaper=ppid, pid=pid))
-            elif row[1] in ("Z", "X"):
+            elif not is_running(row[1]):
                 self._on_exit(now, pid)
             elif row[0] != ppid:
                 self._alive[pid] = (row[0], start)
