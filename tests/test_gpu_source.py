@@ -187,6 +187,10 @@ def test_testbed_stage_killed_its_memory_leaves_the_timeline_the_release_delay_a
         exit_seen_t = time.monotonic_ns()  # an upper bound of its exit
         wait_for(lambda: stage not in rec.source._last_processes.get(0, {}),
                  what="stage 0 off the process list")
+        # The memory sampler runs on its own schedule: the list may drop the pid a sample
+        # before the device total does, so wait for the drop in the total as well.
+        rec.wait_for_event("gpu_memory", lambda e: e.device == 0 and e.t > kill_t
+                           and e.used < 2 * GiB, what="GPU 0 memory back")
         timeline = rec.finish()
 
     stage_events = [e for e in timeline.of_kind("gpu_process") if e.pid == stage]
