@@ -120,8 +120,7 @@ def test_missing_device_says_how_to_make_one(tmp_path):
 def test_alloc_api_uses_the_device_named_by_the_environment(device, monkeypatch):
     from omnitrace.gpu import alloc
     monkeypatch.setenv(sim.ENV_VAR, str(device.path))
-    alloc.kind.cache_clear()
-    alloc._sim.cache_clear()
+    alloc.open_allocator.cache_clear()
     try:
         assert alloc.kind() == "sim"
         handle = alloc.allocate(1, GiB)
@@ -129,5 +128,45 @@ def test_alloc_api_uses_the_device_named_by_the_environment(device, monkeypatch)
         handle.free()
         assert alloc.device_count() == 2
     finally:
-        alloc.kind.cache_clear()
-        alloc._sim.cache_clear()
+        alloc.open_allocator.cache_clear()
+
+
+def test_allocator_choice_skips_bindings_that_see_no_gpu(device, monkeypatch):
+    """On a GPU machine the first binding that imports and sees a GPU wins; one that imports but
+    sees none (a CPU-only torch) is passed over; OMNITRACE_SIM_GPU forces the simulated device."""
+    from omnitrace.gpu import alloc
+
+    class NoGpu:
+        name = "no-gpu"
+
+        def usable(self):
+            return False
+
+    class Broken:
+        def __init__(self):
+            raise RuntimeError("libcudart.so.12: cannot open shared object file")
+
+    class Works:
+        name = "works"
+
+        def usable(self):
+            return True
+
+    monkeypatch.delenv(sim.ENV_VAR, raising=False)
+    monkeypatch.setattr(alloc.os.path, "exists", lambda path: path == "/dev/nvidiactl")
+    monkeypatch.setattr(alloc.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(alloc, "_REAL", (("a", NoGpu), ("b", Broken), ("c", Works)))
+    alloc.open_allocator.cache_clear()
+    try:
+        assert alloc.kind() == "works"
+        monkeypatch.setattr(alloc, "_REAL", (("a", NoGpu), ("b", Broken)))
+        monkeypatch.setattr(sim, "DEFAULT_DIR", str(device.path))
+        alloc.open_allocator.cache_clear()
+        assert alloc.kind() == "sim"  # nothing usable: the simulated device at its default place
+        assert alloc.free_memory(1) == (8 * GiB, 8 * GiB)
+        monkeypatch.setattr(alloc, "_REAL", (("c", Works),))
+        monkeypatch.setenv(sim.ENV_VAR, str(device.path))
+        alloc.open_allocator.cache_clear()
+        assert alloc.kind() == "sim"  # the variable wins over a usable binding
+    finally:
+        alloc.open_allocator.cache_clear()

@@ -1,13 +1,20 @@
 """Allocating GPU memory: what the testbed's stages and the OOM hog call.
 
-    handle = allocate(device, nbytes)      # raises omnitrace.gpu.GpuOutOfMemory when it does not fit
+One class per backend, one shape:
+
+    allocator = open_allocator()               # chosen once per process, cached
+    allocator.name                             # "sim", "torch", "cupy" or "cuda-python"
+    allocator.device_count()
+    free, total = allocator.free_memory(device)          # like torch.cuda.mem_get_info
+    handle = allocator.allocate(device, nbytes)          # raises GpuOutOfMemory when it does not fit
     handle.free()
-    free, total = free_memory(device)      # like torch.cuda.mem_get_info
-    device_count()
+
+The module-level allocate/free_memory/device_count/kind delegate to the cached allocator.
 
 Which memory: the simulated device (omnitrace.gpu.sim) when OMNITRACE_SIM_GPU is set, so a test or
-demo can force it even on a GPU machine; else real CUDA memory through torch or cupy when one is
-installed and a GPU exists; else the simulated device at its default location. `kind()` says which.
+demo can force it even on a GPU machine, or when there is no NVIDIA driver; else the first CUDA
+binding that imports and sees a GPU (torch, cupy, cuda-python); else the simulated device at its
+default location.
 """
 from __future__ import annotations
 
@@ -15,71 +22,196 @@ import importlib.util
 import os
 import time
 from functools import lru_cache
+from typing import Any, Protocol
 
 from omnitrace.gpu import GpuOutOfMemory, sim
 
 
-@lru_cache(maxsize=1)
-def kind() -> str:
-    """'sim', 'torch' or 'cupy'. Probes cheaply first: importing torch costs seconds."""
-    if os.environ.get(sim.ENV_VAR) or not os.path.exists("/dev/nvidiactl"):
-        return "sim"
-    for module in ("torch", "cupy"):
-        if importlib.util.find_spec(module) is not None and _cuda_usable(module):
-            return module
-    return "sim"
+class Allocation(Protocol):
+    nbytes: int
+
+    def free(self) -> None: ...
 
 
-def _cuda_usable(module: str) -> bool:
-    try:
-        if module == "torch":
-            import torch
-            return torch.cuda.is_available()
-        import cupy
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # a broken CUDA install means no CUDA, not a crash
-        return False
+class Allocator(Protocol):
+    name: str
+
+    def device_count(self) -> int: ...
+
+    def free_memory(self, device: int) -> tuple[int, int]: ...
+
+    def allocate(self, device: int, nbytes: int,
+                 release_delay_s: float | None = None) -> Allocation: ...
 
 
-@lru_cache(maxsize=1)
-def _sim() -> sim.SimGpu:
-    return sim.SimGpu(sim.ensure_device())
+class SimAllocator:
+    """The simulated device: a ledger the recorder's sim backend reads like NVML."""
+    name = "sim"
+
+    def __init__(self) -> None:
+        self.gpu = sim.SimGpu(sim.ensure_device())
+
+    def device_count(self) -> int:
+        return self.gpu.device_count()
+
+    def free_memory(self, device: int) -> tuple[int, int]:
+        return self.gpu.free_memory(device)
+
+    def allocate(self, device: int, nbytes: int, release_delay_s: float | None = None):
+        """release_delay_s: how long after this process dies the memory stays taken (the device's
+        configured delay when None)."""
+        return self.gpu.allocate(device, nbytes, release_delay_s)
 
 
 class CudaAllocation:
-    def __init__(self, buffer, nbytes: int):
-        self._buffer = buffer
-        self.nbytes = nbytes
+    """Real device memory: `buffer` is whatever keeps it alive; `on_free` hands it back."""
+
+    def __init__(self, buffer: Any, nbytes: int, on_free=None):
+        self._buffer, self.nbytes, self._on_free = buffer, nbytes, on_free
 
     def free(self) -> None:
-        self._buffer = None
-        if kind() == "torch":
-            import torch
-            torch.cuda.empty_cache()  # hand it back to the driver, or other processes never see it
+        if self._buffer is None:
+            return
+        buffer, self._buffer = self._buffer, None
+        if self._on_free:
+            self._on_free(buffer)
 
 
-def allocate(device: int, nbytes: int, release_delay_s: float | None = None):
-    """nbytes of device memory held by this process until .free() or exit. release_delay_s (the
-    simulated device only) is how long after this process dies the memory stays taken."""
-    backend = kind()
-    if backend == "sim":
-        return _sim().allocate(device, nbytes, release_delay_s)
-    if backend == "torch":
-        import torch
-        try:
-            handle = CudaAllocation(torch.empty(nbytes, dtype=torch.uint8, device=f"cuda:{device}"),
-                                    nbytes)
-        except torch.cuda.OutOfMemoryError as exc:
-            raise GpuOutOfMemory(str(exc)) from exc
+class _CudaAllocator:
+    """What every real backend shares: the release delay on a real GPU."""
+
+    def allocate(self, device: int, nbytes: int, release_delay_s: float | None = None):
+        handle = self._allocate(device, nbytes)
         if release_delay_s:
             hold_context_after_exit(release_delay_s)
         return handle
-    import cupy
-    with cupy.cuda.Device(device):
+
+    def _allocate(self, device: int, nbytes: int) -> CudaAllocation:
+        raise NotImplementedError
+
+
+class TorchAllocator(_CudaAllocator):
+    name = "torch"
+
+    def __init__(self) -> None:
+        import torch
+        self.torch = torch
+
+    def usable(self) -> bool:
+        return self.torch.cuda.is_available()  # no context made: the API server stays off the GPU
+
+    def device_count(self) -> int:
+        return self.torch.cuda.device_count()
+
+    def free_memory(self, device: int) -> tuple[int, int]:
+        free, total = self.torch.cuda.mem_get_info(device)
+        return int(free), int(total)
+
+    def _allocate(self, device: int, nbytes: int) -> CudaAllocation:
         try:
-            return CudaAllocation(cupy.cuda.Memory(nbytes), nbytes)  # cudaMalloc, no pool
-        except cupy.cuda.memory.OutOfMemoryError as exc:
-            raise GpuOutOfMemory(str(exc)) from exc
+            block = self.torch.empty(nbytes, dtype=self.torch.uint8, device=f"cuda:{device}")
+        except self.torch.cuda.OutOfMemoryError as exc:
+            raise GpuOutOfMemory(str(exc).splitlines()[0]) from None
+        # empty_cache hands the block back to the driver, or other processes never see it free.
+        return CudaAllocation(block, nbytes, lambda _block: self.torch.cuda.empty_cache())
+
+
+class CupyAllocator(_CudaAllocator):
+    name = "cupy"
+
+    def __init__(self) -> None:
+        import cupy
+        self.cupy = cupy
+
+    def usable(self) -> bool:
+        return self.device_count() > 0
+
+    def device_count(self) -> int:
+        return int(self.cupy.cuda.runtime.getDeviceCount())
+
+    def free_memory(self, device: int) -> tuple[int, int]:
+        with self.cupy.cuda.Device(device):
+            free, total = self.cupy.cuda.runtime.memGetInfo()
+        return int(free), int(total)
+
+    def _allocate(self, device: int, nbytes: int) -> CudaAllocation:
+        # cupy.cuda.Memory is a plain cudaMalloc: the memory pool would keep freed chunks cached.
+        with self.cupy.cuda.Device(device):
+            try:
+                return CudaAllocation(self.cupy.cuda.Memory(nbytes), nbytes)
+            except self.cupy.cuda.memory.OutOfMemoryError as exc:
+                raise GpuOutOfMemory(str(exc)) from None
+
+
+class CudaPythonAllocator(_CudaAllocator):
+    name = "cuda-python"
+
+    def __init__(self) -> None:
+        try:
+            from cuda.bindings import runtime as cudart
+        except ImportError:
+            from cuda import cudart
+        self.cudart = cudart
+
+    def _check(self, result: tuple) -> tuple:
+        if int(result[0]) != 0:
+            raise GpuOutOfMemory(f"CUDA runtime error {int(result[0])}")
+        return result[1:]
+
+    def usable(self) -> bool:
+        return self.device_count() > 0
+
+    def device_count(self) -> int:
+        return int(self._check(self.cudart.cudaGetDeviceCount())[0])
+
+    def free_memory(self, device: int) -> tuple[int, int]:
+        self._check(self.cudart.cudaSetDevice(device))
+        free, total = self._check(self.cudart.cudaMemGetInfo())
+        return int(free), int(total)
+
+    def _allocate(self, device: int, nbytes: int) -> CudaAllocation:
+        self._check(self.cudart.cudaSetDevice(device))
+        (ptr,) = self._check(self.cudart.cudaMalloc(nbytes))
+        return CudaAllocation(ptr, nbytes, self.cudart.cudaFree)
+
+
+_REAL = (("torch", TorchAllocator), ("cupy", CupyAllocator), ("cuda", CudaPythonAllocator))
+
+
+@lru_cache(maxsize=1)
+def open_allocator() -> Allocator:
+    """Probes cheaply first (importing torch costs seconds) and never makes a CUDA context."""
+    if os.environ.get(sim.ENV_VAR) or not os.path.exists("/dev/nvidiactl"):
+        return SimAllocator()
+    for module, cls in _REAL:
+        if importlib.util.find_spec(module) is None:
+            continue
+        try:
+            allocator = cls()
+            if allocator.usable():
+                return allocator
+        except Exception:  # a binding that imports but cannot reach a GPU: try the next one
+            continue
+    return SimAllocator()
+
+
+def kind() -> str:
+    return open_allocator().name
+
+
+def allocate(device: int, nbytes: int, release_delay_s: float | None = None) -> Allocation:
+    """nbytes of device memory held by this process until .free() or exit. release_delay_s is how
+    long after this process dies the memory stays taken."""
+    return open_allocator().allocate(device, nbytes, release_delay_s)
+
+
+def free_memory(device: int) -> tuple[int, int]:
+    """(free_bytes, total_bytes) on `device`."""
+    return open_allocator().free_memory(device)
+
+
+def device_count() -> int:
+    return open_allocator().device_count()
 
 
 def hold_context_after_exit(delay_s: float) -> int:
@@ -98,27 +230,3 @@ def hold_context_after_exit(delay_s: float) -> int:
         time.sleep(delay_s)
     finally:
         os._exit(0)
-
-
-def free_memory(device: int) -> tuple[int, int]:
-    """(free_bytes, total_bytes) on `device`."""
-    backend = kind()
-    if backend == "sim":
-        return _sim().free_memory(device)
-    if backend == "torch":
-        import torch
-        return torch.cuda.mem_get_info(device)
-    import cupy
-    with cupy.cuda.Device(device):
-        return cupy.cuda.runtime.memGetInfo()
-
-
-def device_count() -> int:
-    backend = kind()
-    if backend == "sim":
-        return _sim().device_count()
-    if backend == "torch":
-        import torch
-        return torch.cuda.device_count()
-    import cupy
-    return cupy.cuda.runtime.getDeviceCount()

@@ -32,15 +32,35 @@ class Filled:
     held: int
 
 
-def fill(allocator, device: int, ratio: float, strict: bool) -> Filled:
-    free = allocator.free_bytes(device)
+class Hold:
+    """Every block the hog took, on whichever backend omnitrace.gpu.alloc chose."""
+
+    def __init__(self, allocator) -> None:
+        self.allocator, self.blocks = allocator, []
+
+    @property
+    def name(self) -> str:
+        return self.allocator.name
+
+    def take(self, device: int, nbytes: int) -> None:
+        # No release delay: the hog's memory leaving is not what the matrix measures.
+        self.blocks.append(self.allocator.allocate(device, nbytes, release_delay_s=0.0))
+
+    def release(self) -> None:
+        for block in self.blocks:
+            block.free()
+        self.blocks.clear()
+
+
+def fill(hold: Hold, device: int, ratio: float, strict: bool) -> Filled:
+    free = hold.allocator.free_memory(device)[0]
     target = int(free * ratio)
     held = 0
     sizes = (CHUNK,) + (TAILS if strict else ())
     for size in sizes:
         while held + size <= target:
             try:
-                allocator.alloc(device, size)
+                hold.take(device, size)
             except GpuOutOfMemory:
                 break  # someone else took memory meanwhile: try the next, smaller size
             held += size
@@ -65,11 +85,11 @@ def run_hog(devices: list[int], ratio: float, strict: bool, hold_s: float, out=s
 
 
 def _fill_and_hold(devices, ratio, strict, hold_s, stop, out) -> int:
-    from omnitrace.inject.gpu_alloc import open_allocator
+    from omnitrace.gpu.alloc import open_allocator
     parent = os.getppid()
     try:
-        allocator = open_allocator()
-        filled = [fill(allocator, d, ratio, strict) for d in devices]
+        hold = Hold(open_allocator())
+        filled = [fill(hold, d, ratio, strict) for d in devices]
     except Exception as exc:  # no device, driver error: the contract is one ERROR line
         print(f"ERROR: {type(exc).__name__}: {exc}", file=out, flush=True)
         return 2
@@ -78,16 +98,16 @@ def _fill_and_hold(devices, ratio, strict, hold_s, stop, out) -> int:
         f = short[0]
         print(f"ERROR: device {f.device}: held {f.held // MIB} MiB of the {f.target // MIB} MiB "
               f"target ({f.free_before // MIB} MiB were free)", file=out, flush=True)
-        allocator.release()
+        hold.release()
         return 2
     summary = " ".join(f"gpu{f.device}={f.held // MIB}MiB/free{f.free_before // MIB}MiB"
                        for f in filled)
-    print(f"READY: pid={os.getpid()} backend={allocator.name} {summary}", file=out, flush=True)
+    print(f"READY: pid={os.getpid()} backend={hold.name} {summary}", file=out, flush=True)
     deadline = time.monotonic() + hold_s
     # os.getppid() changes when whoever started us died: leave rather than hold a device forever.
     while not stop and time.monotonic() < deadline and os.getppid() == parent:
         time.sleep(0.05)
-    allocator.release()
+    hold.release()
     why = f"signal {stop[0]}" if stop else ("hold ended" if time.monotonic() >= deadline
                                             else "parent gone")
     print(f"RELEASED: {why}", file=out, flush=True)
