@@ -122,8 +122,26 @@ def record_a_row(tmp_path, metrics_port: int, row_id: str) -> subprocess.Popen:
                             port, f"http://127.0.0.1:{port}", tmp_path / "outcome.json",
                             ["--metrics-port", str(metrics_port)], tmp_path / "row.jsonl")
     env = {**os.environ, "OMNITRACE_SIM_GPU": str(tmp_path / "gpu")}
-    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    with open(tmp_path / "record.log", "wb") as log:  # what a failure message quotes
+        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def wait_for_live_recording(api: str, recording: subprocess.Popen, log: Path,
+                            timeout: float = 120) -> None:
+    """Until Prometheus has scraped the recorder with its tree alive; a recorder that exits first,
+    or never gets there, fails the test with what it printed and what Prometheus saw."""
+    deadline = time.monotonic() + timeout
+    while not query(api, "omnitrace_traced_processes > 0"):
+        problem = ("the recording ended first" if recording.poll() is not None
+                   else "no live tree scraped" if time.monotonic() > deadline else None)
+        if problem:
+            targets = httpx.get(api + "/api/v1/targets", timeout=10).json()["data"]
+            health = [(t["scrapeUrl"], t["health"], t["lastError"])
+                      for t in targets["activeTargets"]]
+            raise AssertionError(f"{problem} (exit {recording.returncode}); targets {health}; "
+                                 f"recorder output:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.5)
 
 
 @pytest.mark.slow
@@ -134,7 +152,7 @@ def test_every_panel_returns_data_from_a_real_prometheus(prometheus_stack, tmp_p
     recording = record_a_row(tmp_path, metrics_port, "under-load/sigkill/worker")
     live_at = None
     try:
-        wait_for(api, "omnitrace_traced_processes > 0", timeout=120)
+        wait_for_live_recording(api, recording, tmp_path / "record.log")
         # Evaluate the panels at the last scrape of the live recording: once it ends, its series
         # go stale, but an instant query at that moment still sees the whole recording.
         while recording.poll() is None:

@@ -3,7 +3,6 @@ Prometheus reads them."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -16,6 +15,7 @@ from omnitrace.errors import OmnitraceError
 from omnitrace.events import Exit, Fork, GpuMemory, GpuProcess, Lost, Span
 from omnitrace.export.live_metrics import LiveMetrics
 from omnitrace.export.prometheus import export_verdicts
+from omnitrace.inject.server import free_port
 from tests.test_export_helpers import SCENARIOS, synthetic_events
 
 GIB = 1 << 30
@@ -30,10 +30,6 @@ def value(found, name, **labels):
     return found[(name, tuple(sorted((k, str(v)) for k, v in labels.items())))]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -125,3 +125,15 @@ def test_ctrl_c_leaves_nothing_running(env, tmp_path):
         if runner.poll() is None:
             runner.kill()
             runner.wait()
+
+
+def test_free_port_is_bindable_and_outside_the_range_connect_draws_from():
+    import socket
+
+    from omnitrace.inject.server import LOWEST_PORT, _ephemeral_range, free_port
+    low, high = _ephemeral_range()
+    ports = {free_port() for _ in range(20)}
+    assert all(LOWEST_PORT <= p < low for p in ports), ports
+    assert len(ports) > 1  # drawn at random: two runs at once rarely pick the same
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports.pop()))

@@ -6,6 +6,7 @@ server on purpose, instead of the server taking a SIGINT that no matrix row aske
 from __future__ import annotations
 
 import os
+import random
 import shlex
 import socket
 import subprocess
@@ -22,10 +23,39 @@ class ServerFailed(OmnitraceError):
     pass
 
 
+LOWEST_PORT = 10000
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port free now, for a server that binds it a few seconds later. Drawn below the kernel's
+    ephemeral range: bind(0) hands out ports from that range, and so does every connect() made
+    meanwhile (a load generator, a scraper), so such a port can be taken before the server binds."""
+    ephemeral_low = _ephemeral_range()[0]
+    if ephemeral_low > LOWEST_PORT + 100:
+        for _ in range(100):
+            port = random.randrange(LOWEST_PORT, ephemeral_low)
+            if _bindable(port):
+                return port
+    with socket.socket() as s:  # an unusual range, or all tries taken: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 def expand(cmd: str, port: int) -> list[str]:
