@@ -19,6 +19,7 @@ bench: setup
 	$(PY) bench/bench_recorder.py
 	$(PY) bench/gen_timeline.py -n 1000000 -o /tmp/omnitrace-bench-1m.jsonl
 	$(PY) bench/bench_verify.py /tmp/omnitrace-bench-1m.jsonl
+	$(PY) bench/bench_testbed.py
 
 doctor: setup
 	$(VENV)/bin/omnitrace doctor

@@ -79,12 +79,6 @@ def test_wan22_has_one_diffusion_worker():
                           == "completed", 10)
 
 
-def test_ready_within_5_s(shared_tb):
-    # The requirement is 5 s; a loaded 2-core CI box gets some slack, the figure is in the log.
-    print(f"ready after {shared_tb.ready_s:.2f} s")
-    assert shared_tb.ready_s < 10
-
-
 def test_stages_hold_their_gpu_memory_on_their_devices(shared_tb):
     gpu = sim.SimGpu(shared_tb.sim_dir)
     two = 2 << 30
