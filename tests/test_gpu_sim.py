@@ -158,3 +158,32 @@ def test_allocator_choice_skips_bindings_that_see_no_gpu(device, monkeypatch):
         assert alloc.kind() == "sim"  # the variable wins over a usable binding
     finally:
         alloc.open_allocator.cache_clear()
+
+
+def test_torch_allocation_drops_its_block_before_emptying_the_cache():
+    """torch.cuda.empty_cache only returns blocks nobody references: freeing must drop the tensor
+    first, or a stage's freed workspace stays cached in it and the OOM hog never sees it free.
+    torch itself needs a GPU; this double records what empty_cache would find."""
+    import types
+    import weakref
+
+    from omnitrace.gpu import alloc
+
+    class Block:
+        pass
+
+    seen = {}
+
+    def empty_cache():
+        seen["block alive"] = block_ref() is not None
+
+    cuda = types.SimpleNamespace(OutOfMemoryError=MemoryError, empty_cache=empty_cache)
+    torch = types.SimpleNamespace(cuda=cuda, uint8="uint8", empty=lambda n, dtype, device: Block())
+    allocator = alloc.TorchAllocator.__new__(alloc.TorchAllocator)
+    allocator.torch = torch
+    handle = allocator.allocate(0, 1 << 20)
+    block_ref = weakref.ref(handle._block)
+    handle.free()
+    assert seen == {"block alive": False}
+    handle.free()  # twice is harmless
+    assert seen == {"block alive": False}

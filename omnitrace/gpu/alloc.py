@@ -64,7 +64,8 @@ class SimAllocator:
 
 
 class CudaAllocation:
-    """Real device memory: `buffer` is whatever keeps it alive; `on_free` hands it back."""
+    """Real device memory: `buffer` is whatever keeps it alive; `on_free(buffer)`, when given,
+    hands it back (a raw pointer); without it, dropping the buffer does (a cupy Memory)."""
 
     def __init__(self, buffer: Any, nbytes: int, on_free=None):
         self._buffer, self.nbytes, self._on_free = buffer, nbytes, on_free
@@ -112,8 +113,18 @@ class TorchAllocator(_CudaAllocator):
             block = self.torch.empty(nbytes, dtype=self.torch.uint8, device=f"cuda:{device}")
         except self.torch.cuda.OutOfMemoryError as exc:
             raise GpuOutOfMemory(str(exc).splitlines()[0]) from None
-        # empty_cache hands the block back to the driver, or other processes never see it free.
-        return CudaAllocation(block, nbytes, lambda _block: self.torch.cuda.empty_cache())
+        return TorchAllocation(self.torch, block, nbytes)
+
+
+class TorchAllocation:
+    def __init__(self, torch, block, nbytes: int):
+        self._torch, self._block, self.nbytes = torch, block, nbytes
+
+    def free(self) -> None:
+        if self._block is None:
+            return
+        self._block = None  # the last reference: the block goes back to torch's cache...
+        self._torch.cuda.empty_cache()  # ...and from there to the driver, where others see it
 
 
 class CupyAllocator(_CudaAllocator):
