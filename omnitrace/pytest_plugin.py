@@ -23,7 +23,7 @@ import time
 import pytest
 
 from omnitrace.inject import marks, oom
-from omnitrace.inject.load import Load, RequestResult
+from omnitrace.inject.load import Load, RequestResult, discover_model
 from omnitrace.inject.probes import probe
 from omnitrace.inject.server import Server, become_subreaper, child_env, expand, free_port
 from omnitrace.inject.signals import SignalFault, inject_signal
@@ -87,6 +87,8 @@ class RunningServer:
         self._server, self.row = server, row
         self.url, self.pid = server.url, server.proc.pid
         self.faulted = False   # set by omnitrace_inject: the window then waits for the outcome
+        # The model requests must name (vLLM answers 404 to another), asked while healthy.
+        self.model = discover_model(self.url)
 
     def tree_pids(self) -> list[int]:
         self._server.remember_tree()
@@ -215,7 +217,7 @@ def omnitrace_load(omnitrace_server):
     def start(kind: str = "mix", rate: float = 4.0, requests: int = 12, concurrency: int = 8,
               timeout_s: float = 20.0) -> BackgroundLoad:
         load = Load(omnitrace_server.url, kind, rate, requests, concurrency, timeout_s,
-                    scenario=omnitrace_server.row)
+                    model=omnitrace_server.model, scenario=omnitrace_server.row)
         started.append(BackgroundLoad(load))
         return started[-1]
     yield start

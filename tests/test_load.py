@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from omnitrace.inject.load import Load, summary_table
+from omnitrace.inject.load import Load, discover_model, request_spec, summary_table
 from omnitrace.record.otlp import OtlpReceiver
 from omnitrace.record.source import RecordContext
 
@@ -45,6 +45,11 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"data: [DONE]\n\n")
             return
         self._send(200, b'{"choices": [{"message": {"content": "hi"}}]}')
+
+    def do_GET(self):
+        if self.path == "/v1/models":
+            return self._send(200, b'{"object": "list", "data": [{"id": "Qwen/Qwen3-Omni"}]}')
+        self._send(404, b'{"detail": "Not Found"}')
 
     def _send(self, status, payload):
         self.send_response(status)
@@ -160,3 +165,15 @@ def test_summary_table_counts_each_end_reason(server):
     table = summary_table(results)
     lines = {line.split()[0]: line.split()[1] for line in table.splitlines()[1:]}
     assert lines == {"completed": "2", "5xx": "1", "total": "3"}
+
+
+def test_the_model_comes_from_v1_models_and_none_is_named_when_unknown(server):
+    assert discover_model(server) == "Qwen/Qwen3-Omni"
+    assert discover_model(server + "/nowhere") is None  # 404
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    assert discover_model(closed) is None  # refused
+    assert "model" not in request_spec("chat", None)[2]
+    assert "model" not in request_spec("speech", None)[2]
+    assert request_spec("chat-stream", "m")[2] == {**request_spec("chat", "m")[2], "stream": True}

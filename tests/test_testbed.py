@@ -276,3 +276,19 @@ def test_oom_fails_an_inflight_stream(tb, hog_factory):
     s.join(5)
     assert s.outcome == "RemoteProtocolError"
     assert any("out of memory" in line for line in s.lines)
+
+
+def test_a_model_it_does_not_serve_is_404_like_vllm(shared_tb):
+    served = httpx.get(f"{shared_tb.url}/v1/models", timeout=10).json()["data"][0]["id"]
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    wrong = httpx.post(f"{shared_tb.url}/v1/chat/completions", timeout=20,
+                       json={**chat, "model": "default"})
+    assert wrong.status_code == 404
+    assert wrong.json()["error"] == {"message": "The model `default` does not exist.",
+                                     "type": "NotFoundError", "code": 404}
+    for body in ({**chat, "model": served}, chat):  # the served name, or none at all
+        assert httpx.post(f"{shared_tb.url}/v1/chat/completions", json=body,
+                          timeout=20).status_code == 200
+    speech = httpx.post(f"{shared_tb.url}/v1/audio/speech", timeout=20,
+                        json={"input": "hello", "model": "default"})
+    assert speech.status_code == 404

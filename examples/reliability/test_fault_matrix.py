@@ -64,7 +64,8 @@ def test_oom_row(row, omnitrace_server, omnitrace_inject):
     assert omnitrace_server.wait_unavailable(row.thresholds["oom_health_s"]), \
         "/health still 200 with the GPU full"
     for kind in ("chat", "speech"):
-        (result,) = probe(omnitrace_server.url, kind, timeout_s=row.thresholds["oom_s"])
+        (result,) = probe(omnitrace_server.url, kind, model=omnitrace_server.model,
+                          timeout_s=row.thresholds["oom_s"])
         assert result.status is not None and result.status >= 500, \
             f"{kind} under OOM answered {result.status or result.end_reason}, expected >= 500"
         assert result.openai_error, f"{kind} under OOM: the error body is not OpenAI-shaped"

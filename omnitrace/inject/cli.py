@@ -64,13 +64,19 @@ def oom_cmd(devices: str, ratio: float, strict: bool, hold_s: float) -> None:
 @click.option("--concurrency", type=int, default=8, show_default=True)
 @click.option("--timeout", "timeout_s", type=float, default=60.0, show_default=True,
               help="per-request client timeout, seconds")
-@click.option("--model", default="default", show_default=True)
+@click.option("--model", default=None, metavar="NAME",
+              help="the model the requests name  [default: the first of GET /v1/models; none "
+                   "when the server lists none]")
 def load(url: str, kind: str, rate: float, count: int, concurrency: int, timeout_s: float,
-         model: str) -> None:
+         model: str | None) -> None:
     """Send HTTP load; each request is an OpenTelemetry span. Ends with a summary table."""
-    from omnitrace.inject.load import Load, summary_table
+    from omnitrace.inject.load import Load, discover_model, summary_table
     if rate <= 0 or count < 1 or concurrency < 1:
         raise click.BadParameter("--rate must be > 0, --requests and --concurrency >= 1")
+    if model is None:
+        model = discover_model(url)
+        click.echo(f"model: {model} (from {url.rstrip('/')}/v1/models)" if model else
+                   "model: none named (the server listed none)", err=True)
     runner = Load(url, kind, rate, count, concurrency, timeout_s, model)
     results = asyncio.run(asyncio.wait_for(runner.run(), runner.bound_s()))
     click.echo(summary_table(results))

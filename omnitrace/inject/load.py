@@ -44,16 +44,34 @@ class RequestResult:
         return self.end - self.start
 
 
-def request_spec(kind: str, model: str) -> tuple[str, str, dict | None]:
-    """(method, path, JSON body) of one request of `kind`."""
+def request_spec(kind: str, model: str | None) -> tuple[str, str, dict | None]:
+    """(method, path, JSON body) of one request of `kind`. Without a model name the body names
+    none, and an OpenAI-compatible server answers with the model it serves."""
     if kind == "health":
         return "GET", "/health", None
     if kind == "speech":
-        return "POST", "/v1/audio/speech", {"model": model, "input": PROMPT, "voice": "default"}
-    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 64}
+        body = {"input": PROMPT, "voice": "default"}
+        path = "/v1/audio/speech"
+    else:
+        body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 64}
+        path = "/v1/chat/completions"
     if kind == "chat-stream":
         body["stream"] = True
-    return "POST", "/v1/chat/completions", body
+    if model is not None:
+        body["model"] = model
+    return "POST", path, body
+
+
+def discover_model(url: str, timeout_s: float = 5.0) -> str | None:
+    """The first model GET /v1/models lists, or None when the server lists none or cannot say.
+    vLLM answers 404 to a request naming a model it does not serve, so load must use this name;
+    ask once while the server is healthy, not after a fault, when the call could hang."""
+    try:
+        reply = httpx.get(url.rstrip("/") + "/v1/models", timeout=timeout_s)
+        reply.raise_for_status()
+        return str(reply.json()["data"][0]["id"])
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+        return None
 
 
 def classify_error(exc: Exception) -> str:
@@ -70,7 +88,7 @@ class Load:
     """One load run. `in_flight` and `started` are safe to read from another thread."""
 
     def __init__(self, url: str, kind: str = "chat", rate: float = 2.0, requests: int = 10,
-                 concurrency: int = 8, timeout_s: float = 60.0, model: str = "default",
+                 concurrency: int = 8, timeout_s: float = 60.0, model: str | None = None,
                  scenario: str | None = None):
         if kind not in KINDS + ("health",):
             raise ValueError(f"kind {kind!r}: use one of {', '.join(KINDS)}")

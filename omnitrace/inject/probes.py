@@ -13,7 +13,7 @@ def failed(result: RequestResult) -> bool:
     return result.end_reason in ("5xx", "reset", "refused")
 
 
-def probe(url: str, kind: str, count: int = 1, model: str = "default", scenario: str | None = None,
+def probe(url: str, kind: str, count: int = 1, model: str | None = None, scenario: str | None = None,
           timeout_s: float = PROBE_TIMEOUT_S) -> list[RequestResult]:
     """`count` concurrent requests of `kind`; returns when all have ended (bounded by timeout_s)."""
     load = Load(url, kind, rate=1000.0, requests=count, concurrency=count, timeout_s=timeout_s,

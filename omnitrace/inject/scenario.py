@@ -26,7 +26,7 @@ from omnitrace.errors import OmnitraceError
 from omnitrace.gpu import GpuBackendError
 from omnitrace.events import signal_name
 from omnitrace.inject import marks, oom, probes
-from omnitrace.inject.load import Load, summary_table
+from omnitrace.inject.load import Load, discover_model, summary_table
 from omnitrace.inject.server import (Server, ServerFailed, become_subreaper, child_env, expand,
                                      health_status)
 from omnitrace.inject.signals import inject_signal
@@ -86,6 +86,7 @@ class Driver:
         self.stop = threading.Event()
         self._gpu = None   # the GPU backend, opened on first use (False: none here)
         self.unavailable_since: float | None = None
+        self.model: str | None = None   # what GET /v1/models named once the server was healthy
 
     def phase(self, name: str) -> None:
         self.outcome.phases[name] = round(time.monotonic() - self.t0, 3)
@@ -104,6 +105,7 @@ class Driver:
             self.outcome.server_pid = pid
             scenario.set_attribute("omnitrace.server.pid", pid)
             self.server.wait_healthy(p.startup_timeout_s)
+            self.model = discover_model(p.url)  # now: after the fault the call could hang
             self.phase("healthy")
             if p.load:
                 self.start_load()
@@ -126,7 +128,7 @@ class Driver:
         p = self.plan
         self.phase("loading")
         self.load = Load(p.url, p.load_kind, p.load_rate, p.load_requests, p.load_concurrency,
-                         timeout_s=probes.PROBE_TIMEOUT_S, scenario=p.row)
+                         timeout_s=probes.PROBE_TIMEOUT_S, model=self.model, scenario=p.row)
         self.load_thread = self.load.run_in_thread()
         # A streaming request that has its first byte is certainly being served right now.
         if not self.load.wait_until(lambda l: l.streaming >= 1 or l.finished_any(), 30):
@@ -221,16 +223,16 @@ class Driver:
             url, row = self.plan.url, self.plan.row
             if self.plan.fault == "oom":
                 for kind in ("chat", "speech"):
-                    self.note_probes(probes.probe(url, kind, scenario=row))
+                    self.note_probes(probes.probe(url, kind, model=self.model, scenario=row))
                 return
             deadline = time.monotonic() + 31
             while time.monotonic() < deadline and not self.stop.is_set():
-                results = probes.probe(url, "chat", scenario=row)
+                results = probes.probe(url, "chat", model=self.model, scenario=row)
                 self.note_probes(results)
                 if any(probes.failed(r) for r in results):
                     break
                 time.sleep(0.5)
-            self.note_probes(probes.probe(url, "chat", count=4, scenario=row))
+            self.note_probes(probes.probe(url, "chat", count=4, model=self.model, scenario=row))
         finally:
             self.probes_done.set()
 
@@ -238,7 +240,8 @@ class Driver:
         """A new request after the stop-accepting grace: a stopped server must not serve it."""
         try:
             if not self.stop.wait(self.plan.probe_after_s):
-                self.note_probes(probes.probe(self.plan.url, "chat", scenario=self.plan.row))
+                self.note_probes(probes.probe(self.plan.url, "chat", model=self.model,
+                                              scenario=self.plan.row))
         finally:
             self.probes_done.set()
 

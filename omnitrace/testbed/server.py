@@ -42,7 +42,8 @@ class _QuietAbort(logging.Filter):
 
 
 def error_body(status: int, message: str, code) -> JSONResponse:
-    kind = "InternalServerError" if status >= 500 else "BadRequestError"
+    kind = ("InternalServerError" if status >= 500 else
+            "NotFoundError" if status == 404 else "BadRequestError")
     return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status)
 
 
@@ -113,10 +114,20 @@ def build_app(config: TestbedConfig, orch: Orchestrator) -> FastAPI:
         return {"object": "list", "data": [{"id": config.model, "object": "model",
                                             "owned_by": "omnitrace-testbed"}]}
 
+    def unknown_model(endpoint: str, body: dict) -> JSONResponse | None:
+        """vLLM answers 404 for a model it does not serve; no model at all means the served one."""
+        asked = body.get("model")
+        if asked is None or asked == config.model:
+            return None
+        finish(endpoint, 404)
+        return error_body(404, f"The model `{asked}` does not exist.", 404)
+
     @app.post("/v1/chat/completions")
     async def chat(http: HttpRequest):
         endpoint = "/v1/chat/completions"
         body = await http.json()
+        if refused := unknown_model(endpoint, body):
+            return refused
         modalities = body.get("modalities") or ["text"]
         audio = "audio" in modalities
         if audio and config.topology != "qwen3-omni":
@@ -176,6 +187,8 @@ def build_app(config: TestbedConfig, orch: Orchestrator) -> FastAPI:
     async def speech(http: HttpRequest):
         endpoint = "/v1/audio/speech"
         body = await http.json()
+        if refused := unknown_model(endpoint, body):
+            return refused
         if config.topology != "qwen3-omni":
             finish(endpoint, 400)
             return error_body(400, f"{config.model} cannot produce speech", "invalid_model")
