@@ -69,7 +69,7 @@ def prometheus_stack(tmp_path):
         pytest.skip("Debian's prometheus and prometheus-pushgateway are needed (make setup)")
     procs = []
     try:
-        gw_port, prom_port, metrics_port = free_port(), free_port(), free_port()
+        gw_port, prom_port, metrics_port = distinct_ports(3)
         procs.append(subprocess.Popen([gateway_bin, f"--web.listen-address=127.0.0.1:{gw_port}"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         config = {"global": {"scrape_interval": f"{SCRAPE_S}s", "evaluation_interval": "1s"},
@@ -99,6 +99,16 @@ def prometheus_stack(tmp_path):
                 proc.kill()
 
 
+def distinct_ports(n: int, taken: tuple[int, ...] = ()) -> list[int]:
+    """n free ports, none equal to another or to `taken` (each draw alone can repeat one)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports and port not in taken:
+            ports.append(port)
+    return ports
+
+
 def query(api: str, expr: str, at: float | None = None) -> list:
     params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
     reply = httpx.get(api + "/api/v1/query", params=params, timeout=10).json()
@@ -117,7 +127,7 @@ def record_a_row(tmp_path, metrics_port: int, row_id: str) -> subprocess.Popen:
     """`omnitrace record --metrics-port` of one matrix row against the testbed, as `matrix run`
     records it: load, a killed worker, health turning 503, the simulated GPU, scenario marks."""
     row = load_matrix(None).row(row_id)
-    port = free_port()
+    (port,) = distinct_ports(1, taken=(metrics_port,))
     argv = scenario_command(row, f"{sys.executable} -m omnitrace.cli testbed serve --port {{port}}",
                             port, f"http://127.0.0.1:{port}", tmp_path / "outcome.json",
                             ["--metrics-port", str(metrics_port)], tmp_path / "row.jsonl")
@@ -156,8 +166,9 @@ def test_every_panel_returns_data_from_a_real_prometheus(prometheus_stack, tmp_p
         # Evaluate the panels at the last scrape of the live recording: once it ends, its series
         # go stale, but an instant query at that moment still sees the whole recording.
         while recording.poll() is None:
-            if query(api, 'up{job="omnitrace-record"} == 1'):
-                live_at = time.time()
+            now = time.time()  # the instant the query is evaluated at, not after its answer
+            if query(api, 'up{job="omnitrace-record"} == 1', now):
+                live_at = now
             time.sleep(0.5)
     finally:
         if recording.poll() is None:

@@ -69,16 +69,13 @@ def test_live_metrics_observe_is_thread_safe(live):
         for pid in range(base, base + 250):
             live.observe(Exit(t=pid, pid=pid, tid=pid))
     threads = [threading.Thread(target=fork_and_exit, args=(10_000 * n,)) for n in range(1, 5)]
-    started = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    per_event_us = (time.perf_counter() - started) / 3000 * 1e6
     found = samples(httpx.get(live.url).text)
     assert value(found, "omnitrace_traced_processes") == 4 * 250
     assert value(found, "omnitrace_events_total", kind="fork") == 2000
-    assert per_event_us < 200, f"observe() took {per_event_us:.0f} µs per event"
 
 
 def test_live_metrics_bind_loopback_and_refuse_a_taken_port(live):

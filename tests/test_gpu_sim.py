@@ -67,9 +67,11 @@ def test_memory_released_about_the_delay_after_sigkill(device, holder):
     p.send_signal(signal.SIGKILL)
     p.wait()
     # the first reader to see it dead starts the 100 ms clock
+    seen_dead = time.monotonic()
     assert device.memory(0)[0] == GiB
-    released = wait_until(lambda: device.memory(0)[0] == 0, 2.0)
-    assert 0.08 <= released <= 0.5
+    wait_until(lambda: device.memory(0)[0] == 0, 2.0)
+    released = time.monotonic() - seen_dead
+    assert 0.08 <= released <= 1.0  # not before the delay; the upper bound only rules out "never"
 
 
 def test_release_delay_is_per_allocation(device, holder):

@@ -91,9 +91,10 @@ def test_probes_see_200_turn_503_then_refused(tmp_path, server):
     # 20 Hz: the first refusal comes within a few periods of the kill (not half a second later).
     assert refused.t - killed_t < 0.5e9
     assert all(s.t <= s.end for s in spans)
-    # the one second of steady 200s holds about 20 probes (at least 10 on a loaded machine)
+    # the one second of steady 200s holds about 20 probes: never more (the schedule does not
+    # catch up after a stall), and well above a 2 Hz poll's even on a loaded machine
     steady = [s for s in ok if s.t >= ok[0].t and s.t < ok[0].t + 1e9]
-    assert 10 <= len(steady) <= 22
+    assert 5 <= len(steady) <= 22
 
 
 def test_a_server_that_never_answers_reads_as_timeout(tmp_path):

@@ -101,10 +101,10 @@ def test_stream_reset_midway_is_reset_not_completed(server):
 
 
 def test_refused_when_nothing_listens():
-    with socket.socket() as s:
+    with socket.socket() as s:  # bound, never listening: nobody else can take the port meanwhile
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    assert reasons(run(f"http://127.0.0.1:{port}", "chat", "ok")) == ["refused"] * 2
+        assert reasons(run(f"http://127.0.0.1:{port}", "chat", "ok")) == ["refused"] * 2
 
 
 def test_timeout_is_bounded_by_the_client_timeout(server):
@@ -170,10 +170,9 @@ def test_summary_table_counts_each_end_reason(server):
 def test_the_model_comes_from_v1_models_and_none_is_named_when_unknown(server):
     assert discover_model(server) == "Qwen/Qwen3-Omni"
     assert discover_model(server + "/nowhere") is None  # 404
-    with socket.socket() as s:
+    with socket.socket() as s:  # bound, never listening
         s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
-    assert discover_model(closed) is None  # refused
+        assert discover_model(f"http://127.0.0.1:{s.getsockname()[1]}") is None  # refused
     assert "model" not in request_spec("chat", None)[2]
     assert "model" not in request_spec("speech", None)[2]
     assert request_spec("chat-stream", "m")[2] == {**request_spec("chat", "m")[2], "stream": True}

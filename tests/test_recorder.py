@@ -130,7 +130,7 @@ def test_procfs_fallback_gives_the_same_lifetimes_within_its_precision(tmp_path)
     expected, seen = lifetimes(kernel, pids_k), lifetimes(fallback, pids_p)
     assert set(seen) == set(expected)
     # Two separate runs of the same workload: allow the poll interval, clock ticks and run jitter.
-    slack = precision_s + 0.15
+    slack = precision_s + 0.4
     for role in ("killed", "handler", "default", "renamed", "zombie", "orphan"):
         assert abs(seen[role][1] - seen[role][0] - (expected[role][1] - expected[role][0])) < slack, role
     reaps = {e.pid: e for e in fallback.events if isinstance(e, ev.Reap)}

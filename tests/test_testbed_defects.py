@@ -157,9 +157,10 @@ def test_hang_on_stage_death_leaves_inflight_requests_hanging():
     with defect("hang-on-stage-death") as tb:
         s = StreamingChat(tb.url)
         assert s.wait_tokens(2)
-        seen = len(s.chunk_times)
         os.kill(tb.stage_pids[0], signal.SIGKILL)
-        assert wait_until(lambda: status(tb.url) == 503, 1) is not None
+        assert wait_until(lambda: status(tb.url) == 503, 3) is not None
+        time.sleep(0.3)  # chunks already on their way when the stage died may still arrive
+        seen = len(s.chunk_times)
         time.sleep(1.5)
-        assert s.outcome is None and len(s.chunk_times) <= seen + 1
+        assert s.outcome is None and len(s.chunk_times) == seen  # hanging: no end, no tokens
         assert chat(tb.url).status_code >= 500     # new requests still fail fast

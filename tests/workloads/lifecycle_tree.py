@@ -38,8 +38,9 @@ def sleep_forever():
         time.sleep(60)
 
 
-def with_handler():
+def with_handler(ready_fd):
     signal.signal(signal.SIGTERM, lambda *_: os._exit(3))
+    os.write(ready_fd, b"ready\n")  # only now may the parent send SIGTERM
     sleep_forever()
 
 
@@ -71,7 +72,9 @@ def main():
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     pids = {}
     pids["killed"] = child(sleep_forever)
-    pids["handler"] = child(with_handler)
+    handler_ready, handler_write = os.pipe()
+    pids["handler"] = child(lambda: with_handler(handler_write))
+    os.close(handler_write)
     pids["default"] = child(sleep_forever)
     pids["threaded"] = child(leader_exits_first)
     read_end, write_end = os.pipe()
@@ -84,7 +87,8 @@ def main():
     pids["parent"] = os.getpid()
     print(json.dumps(pids), flush=True)
 
-    time.sleep(0.3)  # let the handler be installed before signalling
+    os.read(handler_ready, 16)  # the handler is installed
+    time.sleep(0.3)  # the children live a moment before the faults, as the tests' lifetimes expect
     os.kill(pids["killed"], signal.SIGKILL)
     os.kill(pids["handler"], signal.SIGTERM)
     os.kill(pids["default"], signal.SIGTERM)
