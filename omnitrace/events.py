@@ -245,6 +245,7 @@ class Span(Event):
     trace_id: str = ""
     span_id: str = ""
     status: str = "unset"  # OTel status code: unset, ok, error
+    parent_span_id: str = ""  # hex, as the client sent it: a request inside a test's span
 
     def is_mark(self) -> bool:
         """Scenario, fault and OOM marks carry `omnitrace.mark` (docs/marks.md); request spans

@@ -91,3 +91,25 @@ def test_otlp_export_to_an_endpoint_lands_on_a_receiver(recording):
 def test_otlp_export_needs_a_destination(recording, capsys):
     assert main(["export", "otlp", recording]) == 2
     assert "--endpoint" in capsys.readouterr().err
+
+
+def test_otlp_export_keeps_a_client_request_inside_its_parent_span(tmp_path):
+    """A request a test client made inside its own span keeps that trace and parent on export."""
+    from omnitrace.timeline import make_header, write_timeline
+    from tests.test_export_helpers import T0, synthetic_events
+    from omnitrace.events import Span as SpanEvent
+
+    trace, parent, own = "5b8efff798038103d269b633813fc60c", "0102030405060708", "eee19b7ec3c1b174"
+    request = SpanEvent(t=T0 + 2500 * 1_000_000, end=T0 + 2600 * 1_000_000, name="POST",
+                        attributes={"http.request.method": "POST", "url.path": "/v1/chat/completions",
+                                    "http.response.status_code": 200},
+                        trace_id=trace, span_id=own, parent_span_id=parent)
+    path = tmp_path / "run.jsonl"
+    write_timeline(path, make_header(["x"], {"http": {}}), synthetic_events() + [request],
+                   {"t": T0 + 3000 * 1_000_000})
+    out = tmp_path / "out.jsonl"
+    assert main(["export", "otlp", str(path), "-o", str(out)]) == 0
+    spans = decode_request(out.read_text().splitlines()[0].encode(), "application/json") \
+        .resource_spans[0].scope_spans[0].spans
+    (exported,) = [s for s in spans if s.span_id.hex() == own]
+    assert exported.trace_id.hex() == trace and exported.parent_span_id.hex() == parent

@@ -44,7 +44,8 @@ CLIENT = textwrap.dedent("""
     w["trace_id"] = format(span.get_span_context().trace_id, "032x")
     w["span_id"] = format(span.get_span_context().span_id, "016x")
     t0 = time.time_ns()
-    failed = tracer.start_span("POST", start_time=t0,
+    from opentelemetry import trace
+    failed = tracer.start_span("POST", start_time=t0, context=trace.set_span_in_context(span),
                                attributes={"http.request.method": "POST", "error.type": "timeout"})
     failed.set_status(Status(StatusCode.ERROR, "client timeout"))
     failed.end(end_time=t0 + 1_500_000_000)
@@ -110,6 +111,9 @@ def test_sdk_spans_land_on_the_timeline_clock(receiver, encoding, extra):
     failed = spans["POST"]
     assert failed.end - failed.t == 1_500_000_000  # explicit times keep their exact duration
     assert failed.status == "error" and failed.attributes["error.type"] == "timeout"
+    # the request was made inside the scenario's span: the link survives
+    assert failed.parent_span_id == window["span_id"] and failed.trace_id == window["trace_id"]
+    assert mark.parent_span_id == ""
     assert timeline.footer["otlp"]["spans"] == 2
 
 
@@ -136,7 +140,7 @@ def test_json_accepts_string_and_number_times(receiver):
     start = 1_700_000_000_000_000_000
     body = {"resourceSpans": [{"scopeSpans": [{"spans": [
         {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174",
-         "name": "fault inject", "startTimeUnixNano": str(start), "endTimeUnixNano": start + 7,
+         "parentSpanId": "0102030405060708", "name": "fault inject", "startTimeUnixNano": str(start), "endTimeUnixNano": start + 7,
          "status": {"code": 2},
          "attributes": [{"key": "omnitrace.fault", "value": {"stringValue": "SIGKILL"}},
                         {"key": "n", "value": {"intValue": "3"}}]}]}]}]}
@@ -145,4 +149,5 @@ def test_json_accepts_string_and_number_times(receiver):
     (span,) = finish(source, writer, path).of_kind("span")
     assert span.end - span.t == 7
     assert span.trace_id == "5b8efff798038103d269b633813fc60c" and span.span_id == "eee19b7ec3c1b174"
+    assert span.parent_span_id == "0102030405060708"
     assert span.attributes == {"omnitrace.fault": "SIGKILL", "n": 3} and span.status == "error"

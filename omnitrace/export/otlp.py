@@ -179,9 +179,13 @@ class _Builder:
             original = events[req.ref]   # the Span event: keep its ids and attributes
             trace_id = bytes.fromhex(original.trace_id) if original.trace_id else self.trace_id
             span_id = bytes.fromhex(original.span_id) if original.span_id else self.span_id("http", req.ref)
+            # The client's parent only means something inside the client's own trace.
+            parent = bytes.fromhex(original.parent_span_id) if original.trace_id and \
+                original.parent_span_id else b""
             end = req.end if req.end is not None else self.model.t_end
             self.spans.append(Span(
-                trace_id=trace_id, span_id=span_id, name=original.name, kind=Span.SPAN_KIND_CLIENT,
+                trace_id=trace_id, span_id=span_id, parent_span_id=parent, name=original.name,
+                kind=Span.SPAN_KIND_CLIENT,
                 start_time_unix_nano=self.unix(req.t), end_time_unix_nano=self.unix(end),
                 attributes=_attributes({**original.attributes, "omnitrace.source": req.source,
                                         "omnitrace.still_open_at_end": req.end is None}),

@@ -214,7 +214,8 @@ def spans_from_request(request: ExportTraceServiceRequest, wall_offset_ns: int):
                 end = (span.end_time_unix_nano - wall_offset_ns) if span.end_time_unix_nano else start
                 yield Span(t=start, end=end, name=span.name, attributes=attributes, source="otlp",
                            trace_id=span.trace_id.hex(), span_id=span.span_id.hex(),
-                           status=STATUS_NAMES.get(span.status.code, "unset"))
+                           status=STATUS_NAMES.get(span.status.code, "unset"),
+                           parent_span_id=span.parent_span_id.hex())
 
 
 def any_value(value) -> Any:
