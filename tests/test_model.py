@@ -128,3 +128,19 @@ def test_a_truncated_comm_does_not_hide_the_full_title():
     b.add(ProcSnapshot(ns(2.5), 200, 1, "VLLM::StageEngi", [], "zombie"))
     model = build_model(b.timeline())
     assert model.process(200).name == "VLLM::StageEngineCoreProc_noid_replica0_DP0"
+
+
+def test_gpu_holders_that_are_not_hogs_start_no_oom_scenario():
+    """On a shared GPU: a job that held memory before the recording looked, and one that takes a
+    small share of what is free, are bystanders; only a holder taking most of the free memory is
+    an OOM hog."""
+    b = server()
+    b.spawn(400, 1, "train.py", 0.5)
+    b.gpu_proc(0, 400, 45, 2.0)            # big, but in device 0's first process list: there before
+    b.spawn(401, 1, "notebook", FAULT - 3)
+    b.gpu_proc(1, 401, 4, FAULT - 2.5)     # 4 of the ~39.5 GiB free on device 1
+    assert find_scenarios(build_model(b.timeline()), RolePatterns()) == []
+    b.spawn(300, HARNESS, "python3", FAULT, cmdline=["python3", "hog.py"])
+    b.gpu_proc(0, 300, 55, FAULT + 0.5)    # 55 of 59.5 GiB free: the hog
+    (scenario,) = find_scenarios(build_model(b.timeline()), RolePatterns())
+    assert (scenario.id, scenario.target_pids) == ("oom/gpu-hog", [300])
