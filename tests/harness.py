@@ -2,6 +2,7 @@
 source on its own into a real timeline file, as the recorder drives it."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -12,7 +13,8 @@ from omnitrace.timeline import TimelineWriter, make_header, read_timeline
 
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition", step: float = 0.01):
-    """predicate()'s first true value, polled until the deadline; AssertionError after it."""
+    """predicate()'s first true value, polled until the deadline; AssertionError after it.
+    (omnitrace.testbed.harness.wait_until is the tool's own: it returns None at the deadline.)"""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -20,6 +22,15 @@ def wait_for(predicate, timeout: float = 30.0, what: str = "condition", step: fl
             return value
         time.sleep(step)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def matrix_run(out, *args: str, env=None, timeout: float = 600):
+    """`omnitrace matrix run --out OUT ARGS...` as a user runs it: (the finished CLI, its
+    report.json or None when it wrote none)."""
+    cli = subprocess.run([sys.executable, "-m", "omnitrace.cli", "matrix", "run", "--out", str(out),
+                          *args], env=env, capture_output=True, text=True, timeout=timeout)
+    report = out / "report.json"
+    return cli, json.loads(report.read_text()) if report.exists() else None
 
 
 class SourceRun:

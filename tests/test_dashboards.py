@@ -18,7 +18,9 @@ import yaml
 from omnitrace.export.prometheus import export_verdicts
 from omnitrace.inject.runner import scenario_command
 from omnitrace.verify.matrix import load_matrix
-from tests.test_export_metrics import free_port, sample_report, wait_http
+from omnitrace.inject.server import free_port
+from tests.recording import kill_session
+from tests.test_export_metrics import sample_report, wait_http
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
 SCRAPE_S = 1
@@ -171,8 +173,8 @@ def test_every_panel_returns_data_from_a_real_prometheus(prometheus_stack, tmp_p
                 live_at = now
             time.sleep(0.5)
     finally:
-        if recording.poll() is None:
-            os.killpg(recording.pid, 9)
+        if recording.poll() is None:  # the recorded tree too: it runs in a group of its own
+            kill_session(recording)
         recording.wait(30)
     assert recording.returncode == 0 and live_at is not None
     assert query(api, 'omnitrace_current_scenario{row="under-load/sigkill/worker"}', live_at)

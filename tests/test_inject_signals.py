@@ -14,6 +14,8 @@ from click.testing import CliRunner
 
 from omnitrace.inject.cli import inject
 from omnitrace.inject.signals import InjectionRefused, inject_signal
+from omnitrace.testbed.harness import is_gone
+from tests.harness import wait_for
 
 # A miniature serve tree: root -> resource tracker look-alike, then two titled stage processes.
 # Every process records the signals it receives in its own file, then exits 128+signum.
@@ -71,13 +73,6 @@ def signalled(tmp_path) -> dict[str, list[int]]:
             if "-" in f.name and f.suffix == ""}
 
 
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_worker_target_signals_first_titled_stage_only(server):
@@ -85,7 +80,7 @@ def test_worker_target_signals_first_titled_stage_only(server):
     stages = [p for p in tree if "VLLM::" in p.name()]
     fault = inject_signal(proc.pid, "worker", "TERM")
     assert fault.pids == [stages[0].pid]
-    assert wait_for(lambda: any(signalled(tmp).values()))  # the file exists and has its line
+    wait_for(lambda: any(signalled(tmp).values()), 10, "the signal written down")
     (name, signals), = signalled(tmp).items()
     assert name.endswith(f"-{stages[0].pid}") and signals == [signal.SIGTERM]
     assert proc.poll() is None, "the serve root must not be touched by a worker kill"
@@ -113,7 +108,7 @@ def test_pattern_target_matches_name_and_cmdline(server):
     tracker = next(p for p in tree if "resource_tracker" in " ".join(p.cmdline()))
     fault = inject_signal(proc.pid, "resource_tracker", "KILL")
     assert fault.pids == [tracker.pid]
-    assert wait_for(lambda: not tracker.is_running() or tracker.status() == psutil.STATUS_ZOMBIE)
+    wait_for(lambda: is_gone(tracker.pid), 10, "the tracker gone")
 
 
 @pytest.mark.parametrize("server_pid, target, message", [
@@ -171,7 +166,7 @@ def test_fault_mark_reaches_the_recorder_with_the_signalled_pids(server):
                               str(proc.pid), "--target", "serve", "--signal", "TERM"],
                              env=env, capture_output=True, text=True, timeout=30)
         assert cli.returncode == 0, cli.stderr
-        assert wait_for(lambda: spans, 5)  # exported before the command returned
+        wait_for(lambda: spans, 5, "the fault span")  # exported before the command returned
     finally:
         receiver.stop()
     (mark,) = spans

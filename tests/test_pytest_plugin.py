@@ -49,7 +49,6 @@ def test_fixtures_stop_the_server_and_mark_the_window(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:]
     pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
     assert len(pids) >= 4  # the API server and its three stages at least
-    import psutil
-    alive = [p for p in pids if psutil.pid_exists(p)
-             and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    from omnitrace.testbed.harness import is_gone
+    alive = [p for p in pids if not is_gone(p)]
     assert not alive

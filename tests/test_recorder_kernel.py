@@ -151,23 +151,41 @@ def test_show_json_contract(recording):
 
 @pytest.fixture
 def small_memory_cgroup():
-    """A memory cgroup limited to 32 MiB (cgroup v1 here and in CI)."""
-    v1 = "/sys/fs/cgroup/memory"
-    if not os.path.isdir(v1):
-        pytest.skip("no cgroup v1 memory controller to confine an OOM to")
-    path = os.path.join(v1, f"omnitrace-test-{os.getpid()}")
+    """A memory cgroup limited to 32 MiB: cgroup v1 (here and in CI) or v2."""
+    name = f"omnitrace-test-{os.getpid()}"
+    if os.path.isdir("/sys/fs/cgroup/memory"):
+        path, limits = f"/sys/fs/cgroup/memory/{name}", {"memory.limit_in_bytes": 32 << 20}
+    elif "memory" in _text("/sys/fs/cgroup/cgroup.subtree_control").split():
+        # no swap either, or the hoarder is swapped out instead of OOM-killed
+        path, limits = f"/sys/fs/cgroup/{name}", {"memory.max": 32 << 20, "memory.swap.max": 0}
+    else:
+        pytest.skip("no memory cgroup controller (v1 or v2) to confine an OOM to")
     os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, "memory.limit_in_bytes"), "w") as limit:
-        limit.write(str(32 << 20))
+    for knob, value in limits.items():
+        if os.path.exists(os.path.join(path, knob)):
+            with open(os.path.join(path, knob), "w") as f:
+                f.write(str(value))
     yield path
     os.rmdir(path)
 
 
+def _text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def test_kernel_oom_kill_is_recorded(tmp_path, small_memory_cgroup):
-    from tests.recording import WORKLOADS, start_recording
+    from tests.recording import WORKLOADS, kill_session, start_recording
     path = tmp_path / "oom.jsonl"
     proc = start_recording(path, [sys.executable, str(WORKLOADS / "host_oom.py"), small_memory_cgroup])
-    assert proc.wait(timeout=60) == 128 + 9
+    try:
+        assert proc.wait(timeout=60) == 128 + 9
+    finally:  # a hoarder left running would keep the cgroup busy and the memory taken
+        if proc.poll() is None:
+            kill_session(proc)
     timeline = read_timeline(path)
     victim = one(timeline, ev.OomKill)
     assert victim.pid == timeline.events[0].pid  # the recorded command itself

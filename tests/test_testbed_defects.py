@@ -159,7 +159,8 @@ def test_hang_on_stage_death_leaves_inflight_requests_hanging():
         assert s.wait_tokens(2)
         os.kill(tb.stage_pids[0], signal.SIGKILL)
         assert wait_until(lambda: status(tb.url) == 503, 3) is not None
-        time.sleep(0.3)  # chunks already on their way when the stage died may still arrive
+        # chunks already on their way when the stage died may still arrive: wait for quiet
+        assert wait_until(lambda: time.monotonic() - s.chunk_times[-1] > 0.3, 3) is not None
         seen = len(s.chunk_times)
         time.sleep(1.5)
         assert s.outcome is None and len(s.chunk_times) == seen  # hanging: no end, no tokens

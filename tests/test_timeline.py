@@ -7,6 +7,7 @@ import time
 import pytest
 
 from omnitrace import events as ev
+from tests.harness import wait_for
 from omnitrace.timeline import (FORMAT, TimelineError, TimelineWriter, make_header, read_timeline,
                                 write_timeline)
 
@@ -42,9 +43,7 @@ def test_writer_flushes_within_200_ms_without_close(tmp_path):
     writer.append(ev.Exit(t=1, pid=5, tid=5))
     # On disk without close() or another append: the writer's own flush did it (every 100 ms;
     # waited for up to 2 s so a busy machine does not fail it, the period is in the code).
-    deadline = time.monotonic() + 2
-    while '"exit"' not in path.read_text() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: '"exit"' in path.read_text(), 2, "the writer's own flush")
     lines = path.read_text().splitlines()
     assert json.loads(lines[-1])["kind"] == "exit"
     writer.close({"t": 2})

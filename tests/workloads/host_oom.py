@@ -1,4 +1,4 @@
-"""Joins a memory cgroup (v1) limited to 32 MiB, then allocates until the kernel's OOM killer
+"""Joins a memory cgroup (v1 or v2) limited to 32 MiB, then allocates until the kernel's OOM killer
 chooses it. Usage: host_oom.py CGROUP_DIR"""
 import os
 import sys
