@@ -18,7 +18,6 @@ Every process a fixture starts is stopped at teardown, and every wait has a dead
 """
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -27,6 +26,7 @@ from omnitrace.inject.load import Load, RequestResult, discover_model
 from omnitrace.inject.probes import probe
 from omnitrace.inject.server import Server, become_subreaper, child_env, expand, free_port
 from omnitrace.inject.signals import SignalFault, inject_signal
+from omnitrace.testbed.harness import wait_until
 
 MARKER = "omnitrace"
 
@@ -114,10 +114,12 @@ class RunningServer:
 SETTLE_MAX_S = 10.0
 
 
-def _settle(server: Server, running: RunningServer) -> None:
+def _settle(running: RunningServer) -> None:
     """Before a faulted test's window closes: let the outcome finish, as `matrix run` does (every
     dead process of the tree reaped; after a killed root, the whole tree gone), bounded, then
     leave one health probe after it, so verify sees both without waiting on the test's pace."""
+    server = running._server
+
     def finished() -> bool:
         root_alive = server.proc.poll() is None
         return not server.zombies() and (root_alive or not server.alive())
@@ -126,12 +128,7 @@ def _settle(server: Server, running: RunningServer) -> None:
 
 
 def _poll(condition, timeout_s: float, every_s: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(every_s)
-    return condition()
+    return wait_until(condition, timeout_s, every_s) is not None
 
 
 @pytest.fixture
@@ -153,7 +150,7 @@ def omnitrace_server(request, _omnitrace_window):
         yield running
     finally:
         if running is not None and running.faulted and row:
-            _settle(server, running)
+            _settle(running)
         _omnitrace_window.close()  # the window ends before clean-up starts
         leftovers = server.stop()
         if leftovers:
@@ -174,9 +171,8 @@ class Injector:
     def oom(self, ratio: float = oom.DEFAULT_RATIO, hold_s: float = 300.0, strict: bool = False):
         """Start the GPU memory hog (every device) and wait for READY; stopped at teardown."""
         self.server.faulted = True
-        env = child_env(OMNITRACE_SCENARIO=self.server.row, OMNITRACE_SERVER_URL=self.server.url,
-                        OMNITRACE_SERVER_PID=str(self.server.pid))
-        hog = oom.start_hog(ratio, hold_s=hold_s, strict=strict, env=env)
+        hog = oom.start_hog(ratio, hold_s=hold_s, strict=strict, scenario=self.server.row,
+                            server_url=self.server.url, server_pid=self.server.pid)
         self.hogs.append(hog)
         return hog
 

@@ -22,7 +22,7 @@ import importlib.util
 import os
 import time
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from omnitrace.gpu import GpuOutOfMemory, sim
 
@@ -44,38 +44,20 @@ class Allocator(Protocol):
                  release_delay_s: float | None = None) -> Allocation: ...
 
 
-class SimAllocator:
-    """The simulated device: a ledger the recorder's sim backend reads like NVML."""
-    name = "sim"
-
-    def __init__(self) -> None:
-        self.gpu = sim.SimGpu(sim.ensure_device())
-
-    def device_count(self) -> int:
-        return self.gpu.device_count()
-
-    def free_memory(self, device: int) -> tuple[int, int]:
-        return self.gpu.free_memory(device)
-
-    def allocate(self, device: int, nbytes: int, release_delay_s: float | None = None):
-        """release_delay_s: how long after this process dies the memory stays taken (the device's
-        configured delay when None)."""
-        return self.gpu.allocate(device, nbytes, release_delay_s)
-
-
 class CudaAllocation:
-    """Real device memory: `buffer` is whatever keeps it alive; `on_free(buffer)`, when given,
-    hands it back (a raw pointer); without it, dropping the buffer does (a cupy Memory)."""
+    """Real device memory: `block` is whatever keeps it alive. free() drops it first (the last
+    reference), then calls `release` when given: torch's empty_cache, which only hands back blocks
+    nobody references, or cudaFree of a raw pointer."""
 
-    def __init__(self, buffer: Any, nbytes: int, on_free=None):
-        self._buffer, self.nbytes, self._on_free = buffer, nbytes, on_free
+    def __init__(self, block: Any, nbytes: int, release: Callable[[], Any] | None = None):
+        self._block, self.nbytes, self._release = block, nbytes, release
 
     def free(self) -> None:
-        if self._buffer is None:
+        if self._block is None:
             return
-        buffer, self._buffer = self._buffer, None
-        if self._on_free:
-            self._on_free(buffer)
+        self._block = None
+        if self._release:
+            self._release()
 
 
 class _CudaAllocator:
@@ -113,18 +95,8 @@ class TorchAllocator(_CudaAllocator):
             block = self.torch.empty(nbytes, dtype=self.torch.uint8, device=f"cuda:{device}")
         except self.torch.cuda.OutOfMemoryError as exc:
             raise GpuOutOfMemory(str(exc).splitlines()[0]) from None
-        return TorchAllocation(self.torch, block, nbytes)
-
-
-class TorchAllocation:
-    def __init__(self, torch, block, nbytes: int):
-        self._torch, self._block, self.nbytes = torch, block, nbytes
-
-    def free(self) -> None:
-        if self._block is None:
-            return
-        self._block = None  # the last reference: the block goes back to torch's cache...
-        self._torch.cuda.empty_cache()  # ...and from there to the driver, where others see it
+        # empty_cache moves the dropped block from torch's cache to the driver, where others see it
+        return CudaAllocation(block, nbytes, self.torch.cuda.empty_cache)
 
 
 class CupyAllocator(_CudaAllocator):
@@ -183,7 +155,12 @@ class CudaPythonAllocator(_CudaAllocator):
     def _allocate(self, device: int, nbytes: int) -> CudaAllocation:
         self._check(self.cudart.cudaSetDevice(device))
         (ptr,) = self._check(self.cudart.cudaMalloc(nbytes))
-        return CudaAllocation(ptr, nbytes, self.cudart.cudaFree)
+        return CudaAllocation(ptr, nbytes, lambda: self.cudart.cudaFree(ptr))
+
+
+def _simulated() -> sim.SimGpu:
+    """The simulated device already has the allocating side (and name "sim")."""
+    return sim.SimGpu(sim.ensure_device())
 
 
 _REAL = (("torch", TorchAllocator), ("cupy", CupyAllocator), ("cuda", CudaPythonAllocator))
@@ -193,7 +170,7 @@ _REAL = (("torch", TorchAllocator), ("cupy", CupyAllocator), ("cuda", CudaPython
 def open_allocator() -> Allocator:
     """Probes cheaply first (importing torch costs seconds) and never makes a CUDA context."""
     if os.environ.get(sim.ENV_VAR) or not os.path.exists("/dev/nvidiactl"):
-        return SimAllocator()
+        return _simulated()
     for module, cls in _REAL:
         if importlib.util.find_spec(module) is None:
             continue
@@ -203,7 +180,7 @@ def open_allocator() -> Allocator:
                 return allocator
         except Exception:  # a binding that imports but cannot reach a GPU: try the next one
             continue
-    return SimAllocator()
+    return _simulated()
 
 
 def kind() -> str:

@@ -115,11 +115,16 @@ def _fill_and_hold(devices, ratio, strict, hold_s, stop, out) -> int:
 
 
 def start_hog(ratio: float = DEFAULT_RATIO, hold_s: float = DEFAULT_HOLD_S, strict: bool = False,
-              devices: list[int] | None = None, env: dict[str, str] | None = None):
-    """Run the hog as a side process on every device (default) and wait for READY.
+              devices: list[int] | None = None, *, scenario: str | None = None,
+              server_url: str | None = None, server_pid: int | None = None):
+    """Run the hog as a side process on every device (default) and wait for READY; its oom mark
+    names the scenario and server given (handed down as marks.context_from_env reads them).
     Returns the Popen; raises HogFailed with the hog's ERROR line."""
     import subprocess
     from omnitrace.gpu import alloc
+    from omnitrace.inject.server import child_env
+    env = child_env(OMNITRACE_SCENARIO=scenario, OMNITRACE_SERVER_URL=server_url,
+                    OMNITRACE_SERVER_PID=str(server_pid) if server_pid else None)
     if devices is None:
         devices = list(range(alloc.device_count()))
     argv = [sys.executable, "-m", "omnitrace.inject", "oom", "--devices",

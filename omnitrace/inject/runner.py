@@ -86,7 +86,7 @@ def scenario_command(row: Row, serve: str, port: int, url: str, outcome: Path,
     if row.load:
         driver.append("--load")
     if "stop-accepting" in row.rules:  # that rule needs a request after its grace period
-        driver += ["--probe-after", str(row.thresholds.get("stop_accepting_s", 2.0) + 0.5)]
+        driver += ["--probe-after", str(row.thresholds["stop_accepting_s"] + 0.5)]
     return [sys.executable, "-m", "omnitrace.cli", "record", "-o", str(timeline),
             "--health-url", url + "/health", *record_args, "--", *driver]
 

@@ -145,9 +145,9 @@ class Driver:
         self.outcome.fault_pids = fault.pids
 
     def start_hog(self) -> None:
-        env = child_env(OMNITRACE_SCENARIO=self.plan.row, OMNITRACE_SERVER_URL=self.plan.url,
-                        OMNITRACE_SERVER_PID=str(self.outcome.server_pid))
-        self.hog = oom.start_hog(self.plan.hog_ratio, hold_s=self.plan.observe_s + 30, env=env)
+        self.hog = oom.start_hog(self.plan.hog_ratio, hold_s=self.plan.observe_s + 30,
+                                 scenario=self.plan.row, server_url=self.plan.url,
+                                 server_pid=self.outcome.server_pid)
         self.outcome.fault_pids = [self.hog.pid]
 
     # ------------------------------------------------------------------------------------------
@@ -182,10 +182,11 @@ class Driver:
         # (a correct parent reaps at once; one that never does must be watched for the window).
         if self.plan.target in ("serve", "all"):
             return not self.server.alive() and not self.server.zombies() and not self.gpu_held()
-        targets_gone = all(pid not in {p.pid for p in self.server.alive()}
-                           for pid in self.outcome.fault_pids) or self.plan.fault == "oom"
-        if self.plan.fault == "oom" and not self.oom_dwelled():
-            return False
+        if self.plan.fault == "oom":
+            targets_gone = self.oom_dwelled()  # the hog is not the server's: it is never "gone"
+        else:
+            alive = {p.pid for p in self.server.alive()}
+            targets_gone = not alive.intersection(self.outcome.fault_pids)
         return targets_gone and self.unavailable.is_set() and not self.server.zombies()
 
     def oom_dwelled(self) -> bool:
@@ -203,9 +204,9 @@ class Driver:
                 self._gpu = False
         if not self._gpu:
             return False
-        tree = set(self.server.seen) | ({self.server.proc.pid} if self.server.proc else set())
+        tree = set(self.server.seen)  # the root is in it from start()
         try:
-            return any(tree & set(self._gpu.processes(d)) for d in range(self._gpu.device_count()))
+            return any(tree & self._gpu.processes(d).keys() for d in range(self._gpu.device_count()))
         except GpuBackendError:  # a failing query must not hold the row: its window still ends it
             return False
 

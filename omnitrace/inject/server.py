@@ -17,6 +17,7 @@ import httpx
 import psutil
 
 from omnitrace.errors import OmnitraceError
+from omnitrace.procstat import read_stat
 
 
 class ServerFailed(OmnitraceError):
@@ -120,26 +121,20 @@ class Server:
 
     def zombies(self) -> list[int]:
         """Seen members that exited but nobody has reaped yet."""
-        out = []
-        for proc in self.seen.values():
-            try:
-                if proc.status() == psutil.STATUS_ZOMBIE:
-                    out.append(proc.pid)
-            except psutil.NoSuchProcess:
-                pass
-        return out
+        return [pid for pid in self.seen if (stat := read_stat(pid)) and stat[1] == "Z"]
 
     def _reap_orphans(self) -> None:
         """Reap tree members that were re-parented to us (see become_subreaper)."""
         me = os.getpid()
-        for pid, proc in self.seen.items():
+        for pid in self.seen:
             if self.proc is not None and pid == self.proc.pid:
                 continue
-            try:
-                if proc.ppid() == me and proc.status() == psutil.STATUS_ZOMBIE:
+            stat = read_stat(pid)  # one read gives parent and state (polled every 0.1 s)
+            if stat and stat[0] == me and stat[1] == "Z":
+                try:
                     os.waitpid(pid, os.WNOHANG)
-            except (psutil.Error, ChildProcessError):
-                pass
+                except ChildProcessError:
+                    pass
 
     def stop(self, term_grace_s: float = 5.0) -> list[str]:
         """Stop everything left: SIGTERM to the root, then SIGKILL to any member still running.

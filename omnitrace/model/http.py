@@ -30,8 +30,13 @@ class Request:
         """An answer the matrix counts as 'unavailable': 5xx, or a connection error (also one
         that cut a stream after its 2xx headers)."""
         return (self.status is not None and self.status >= 500) or (
-            self.error_type is not None and self.error_type not in TIMEOUTS
-            and not (self.status is not None and self.status < 500 and self.error_type == str(self.status)))
+            self._cut and self.error_type not in TIMEOUTS)
+
+    @property
+    def _cut(self) -> bool:
+        """An error beyond the status: error.type that only repeats the status code is none."""
+        return self.error_type is not None and (self.status is None
+                                                or self.error_type != str(self.status))
 
     @property
     def succeeded(self) -> bool:
@@ -45,7 +50,7 @@ class Request:
     def outcome(self) -> str:
         if self.end is None:
             return "no answer (still open)"
-        if self.status is not None and self.error_type and self.error_type != str(self.status):
+        if self.status is not None and self._cut:
             return f"HTTP {self.status}, then error {self.error_type}"
         if self.status is not None:
             return f"HTTP {self.status}"

@@ -192,13 +192,15 @@ HOG_MIN_SHARE_OF_FREE = 0.5
 def _oom_hogs(model: Model, roles: Roles) -> list[Scenario]:
     server = roles.server
     tree_pids = {p.pid for p in roles.tree}
+    first_looks = _first_process_list(model)
     scenarios = []
     for pid, devices in model.gpu.by_pid.items():
         if pid in tree_pids:
             continue
         first = min((t for s in devices.values() for t, v in zip(s.times, s.values) if v > 0),
                     default=None)
-        if first is None or not server.alive_at(first) or _bystander(model, devices, first):
+        if first is None or not server.alive_at(first) or \
+                _bystander(model, devices, first, first_looks):
             continue
         hog = model.process(pid, first)
         t = hog.start if (hog is not None and hog.start and hog.start <= first) else first
@@ -209,15 +211,22 @@ def _oom_hogs(model: Model, roles: Roles) -> list[Scenario]:
     return scenarios
 
 
-def _bystander(model: Model, devices: dict, first: int) -> bool:
+def _first_process_list(model: Model) -> dict[int, int]:
+    """device -> time of its first process-list sample (what held memory when we first looked)."""
+    first: dict[int, int] = {}
+    for devices in model.gpu.by_pid.values():
+        for device, series in devices.items():
+            if series.times:
+                first[device] = min(series.times[0], first.get(device, series.times[0]))
+    return first
+
+
+def _bystander(model: Model, devices: dict, first: int, first_looks: dict[int, int]) -> bool:
     """Held memory already in the first process list of its device (there before we looked), or
     never took HOG_MIN_SHARE_OF_FREE of what its device had free just before it started."""
     gpu = model.gpu
     for device, series in devices.items():
-        first_look = min((s.times[0] for pid_devices in gpu.by_pid.values()
-                          for d, s in pid_devices.items() if d == device and s.times), default=None)
-        if first_look is not None and series.times and series.times[0] == first_look \
-                and series.values[0] > 0:
+        if series.times and series.times[0] == first_looks.get(device) and series.values[0] > 0:
             return True
     for device, series in devices.items():
         before = gpu.devices.get(device)

@@ -7,6 +7,7 @@ window, into "inconclusive" before calling it, so a rule only decides from evide
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable
 
 from omnitrace.model.http import url_origin
@@ -57,7 +58,7 @@ class Context:
     def fault_t(self) -> int:
         return self.scenario.fault_t
 
-    @property
+    @cached_property
     def requests(self):
         """The HTTP requests this scenario is about: those to its server when the marks name
         the server's URL (a recording may hold many servers, e.g. a whole pytest suite)."""
