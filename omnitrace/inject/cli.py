@@ -21,10 +21,16 @@ def inject() -> None:
               help="worker, serve, all, a pid in the tree, or text matched against name + cmdline")
 @click.option("--signal", "sig", default="TERM", show_default=True, help="KILL, TERM or INT")
 @click.option("--scenario", default=None, help="matrix row id to name in the fault mark")
-def signal_cmd(server: int, target: str, sig: str, scenario: str | None) -> None:
+@click.option("--matrix", "matrix_file", metavar="FILE", default=None,
+              help="the matrix whose role patterns say which process is a worker (give verify "
+                   "the same file)  [default: the built-in vllm-omni matrix]")
+def signal_cmd(server: int, target: str, sig: str, scenario: str | None,
+               matrix_file: str | None) -> None:
     """Signal processes of a server's tree by role, inside a fault mark."""
+    from omnitrace.inject.roles import matrix_patterns
     from omnitrace.inject.signals import inject_signal
-    fault = inject_signal(server, target, sig, scenario=scenario)
+    fault = inject_signal(server, target, sig, scenario=scenario,
+                          patterns=matrix_patterns(matrix_file))
     click.echo(f"sent {signal_name(fault.signal)} to {', '.join(map(str, fault.pids)) or 'nothing'}"
                + (f" (already gone: {', '.join(map(str, fault.missed))})" if fault.missed else ""))
 
@@ -67,17 +73,22 @@ def oom_cmd(devices: str, ratio: float, strict: bool, hold_s: float) -> None:
 @click.option("--model", default=None, metavar="NAME",
               help="the model the requests name  [default: the first of GET /v1/models; none "
                    "when the server lists none]")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--min-tokens", type=click.IntRange(min=0), default=None,
+              help="vLLM generates at least this many tokens")
+@click.option("--ignore-eos", is_flag=True, help="keep generating past end-of-sequence (vLLM)")
 def load(url: str, kind: str, rate: float, count: int, concurrency: int, timeout_s: float,
-         model: str | None) -> None:
+         model: str | None, max_tokens: int, min_tokens: int | None, ignore_eos: bool) -> None:
     """Send HTTP load; each request is an OpenTelemetry span. Ends with a summary table."""
-    from omnitrace.inject.load import Load, discover_model, summary_table
+    from omnitrace.inject.load import Load, RequestShape, discover_model, summary_table
     if rate <= 0 or count < 1 or concurrency < 1:
         raise click.BadParameter("--rate must be > 0, --requests and --concurrency >= 1")
     if model is None:
         model = discover_model(url)
         click.echo(f"model: {model} (from {url.rstrip('/')}/v1/models)" if model else
                    "model: none named (the server listed none)", err=True)
-    runner = Load(url, kind, rate, count, concurrency, timeout_s, model)
+    runner = Load(url, kind, rate, count, concurrency, timeout_s, model,
+                  shape=RequestShape(max_tokens, min_tokens, ignore_eos))
     results = asyncio.run(asyncio.wait_for(runner.run(), runner.bound_s()))
     click.echo(summary_table(results))
 
@@ -94,8 +105,15 @@ def load(url: str, kind: str, rate: float, count: int, concurrency: int, timeout
 @click.option("--out", metavar="DIR", default=None,
               help="keep each row's timeline, log and DIR/report.json here")
 @click.option("--no-bpf", is_flag=True, help="record with procfs polling instead of BPF")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=None,
+              help="max_tokens of each load request  [default: the matrix's load_settings, else 64]")
+@click.option("--min-tokens", type=click.IntRange(min=0), default=None,
+              help="min_tokens of each load request (vLLM generates at least this many)")
+@click.option("--ignore-eos/--no-ignore-eos", default=None,
+              help="ask the server to keep generating past end-of-sequence (vLLM's ignore_eos)")
 @click.option("-v", "--verbose", is_flag=True, help="show evidence for passing rules too")
-def matrix_run(serve, url, matrix_file, glob, out, no_bpf, verbose):
+def matrix_run(serve, url, matrix_file, glob, out, no_bpf, max_tokens, min_tokens, ignore_eos,
+               verbose):
     """Run matrix rows against a server, each in its own recording, then verify them.
 
     Exit status as verify: 0 all pass, 1 any failure (or a row that could not run), 2 bad input."""
@@ -103,8 +121,9 @@ def matrix_run(serve, url, matrix_file, glob, out, no_bpf, verbose):
     from omnitrace.verify.matrix import load_matrix
     from omnitrace.verify.table import render
     matrix = load_matrix(matrix_file)
+    overrides = {"max_tokens": max_tokens, "min_tokens": min_tokens, "ignore_eos": ignore_eos}
     report, runs, code, kept = run_matrix(matrix, serve, url, glob, out,
-                                          ["--no-bpf"] if no_bpf else [])
+                                          ["--no-bpf"] if no_bpf else [], overrides)
     click.echo(render(report, verbose))
     click.echo("")
     click.echo(runs_table(runs, report))

@@ -22,8 +22,30 @@ from opentelemetry.trace import Status, StatusCode
 from omnitrace.inject import marks
 
 KINDS = ("chat", "chat-stream", "speech", "mix")
+MIX = ("chat", "chat-stream", "speech")
 PROMPT = "Describe, in one paragraph, what a fault-injection matrix checks."
-END_REASONS = ("completed", "4xx", "5xx", "truncated", "reset", "refused", "timeout", "cancelled")
+END_REASONS = ("completed", "4xx", "5xx", "error-event", "truncated", "reset", "refused", "timeout",
+               "cancelled")
+DEFAULT_MAX_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class RequestShape:
+    """How long each generation request runs. A tiny model answers 64 tokens in milliseconds, so
+    under-load rows against it would have nothing in flight at the fault: `max_tokens` with
+    `ignore_eos` (vLLM keeps generating past the end-of-sequence token) or `min_tokens` makes each
+    request last a known number of decode steps."""
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    min_tokens: int | None = None
+    ignore_eos: bool = False
+
+    def body_fields(self) -> dict:
+        fields: dict = {"max_tokens": self.max_tokens}
+        if self.min_tokens is not None:
+            fields["min_tokens"] = self.min_tokens
+        if self.ignore_eos:
+            fields["ignore_eos"] = True
+        return fields
 
 
 @dataclass
@@ -44,7 +66,8 @@ class RequestResult:
         return self.end - self.start
 
 
-def request_spec(kind: str, model: str | None) -> tuple[str, str, dict | None]:
+def request_spec(kind: str, model: str | None,
+                 shape: RequestShape = RequestShape()) -> tuple[str, str, dict | None]:
     """(method, path, JSON body) of one request of `kind`. Without a model name the body names
     none, and an OpenAI-compatible server answers with the model it serves."""
     if kind == "health":
@@ -53,7 +76,7 @@ def request_spec(kind: str, model: str | None) -> tuple[str, str, dict | None]:
         body = {"input": PROMPT, "voice": "default"}
         path = "/v1/audio/speech"
     else:
-        body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 64}
+        body = {"messages": [{"role": "user", "content": PROMPT}], **shape.body_fields()}
         path = "/v1/chat/completions"
     if kind == "chat-stream":
         body["stream"] = True
@@ -89,11 +112,14 @@ class Load:
 
     def __init__(self, url: str, kind: str = "chat", rate: float = 2.0, requests: int = 10,
                  concurrency: int = 8, timeout_s: float = 60.0, model: str | None = None,
-                 scenario: str | None = None):
+                 scenario: str | None = None, shape: RequestShape = RequestShape(),
+                 absent: frozenset[str] = frozenset()):
         if kind not in KINDS + ("health",):
             raise ValueError(f"kind {kind!r}: use one of {', '.join(KINDS)}")
         self.url, self.kind, self.rate, self.requests = url.rstrip("/"), kind, rate, requests
         self.concurrency, self.timeout_s, self.model, self.scenario = concurrency, timeout_s, model, scenario
+        self.shape = shape
+        self.mix = tuple(k for k in MIX if k not in absent)  # kinds the server has endpoints for
         self.results: list[RequestResult] = []
         self.in_flight = 0
         self.started = 0
@@ -117,8 +143,7 @@ class Load:
         return self.requests / max(self.rate, 1e-3) + self.timeout_s + 5
 
     async def run(self) -> list[RequestResult]:
-        kinds = itertools.cycle(("chat", "chat-stream", "speech")) if self.kind == "mix" else \
-            itertools.repeat(self.kind)
+        kinds = itertools.cycle(self.mix) if self.kind == "mix" else itertools.repeat(self.kind)
         limit = asyncio.Semaphore(self.concurrency)
         timeout = httpx.Timeout(self.timeout_s, connect=min(5.0, self.timeout_s))
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=0)
@@ -164,7 +189,7 @@ class Load:
         return bool(self.results)
 
     async def _one(self, client: httpx.AsyncClient, index: int, kind: str) -> None:
-        method, path, body = request_spec(kind, self.model)
+        method, path, body = request_spec(kind, self.model, self.shape)
         span = marks.load_tracer().start_span(f"{method} {path}", attributes=marks.clean({
             "http.request.method": method, "url.full": self.url + path, "url.path": path,
             "omnitrace.request.kind": kind, "omnitrace.request.index": index,
@@ -176,14 +201,15 @@ class Load:
         try:
             async with client.stream(method, self.url + path, json=body) as response:
                 status = response.status_code
-                tail = b""
+                body = BodyReader(streaming=kind == "chat-stream")
                 async for chunk in response.aiter_bytes():
                     if first:
                         ttfb, first = time.monotonic() - start, False
                         self._note(streaming=1)
                     nbytes += len(chunk)
-                    tail = (tail + chunk)[-4096:]
-                reason = _reason_for(status, kind, tail)
+                    body.feed(chunk)
+                tail = body.tail
+                reason = _reason_for(status, body)
                 openai_error = _openai_error(tail) if status >= 400 else None
         except httpx.HTTPError as exc:
             reason = classify_error(exc)
@@ -199,12 +225,61 @@ class Load:
             _finish_span(span, result)
 
 
-def _reason_for(status: int, kind: str, tail: bytes) -> str:
+class BodyReader:
+    """Reads an answer as it arrives. A status is not the whole story: a stream already answered
+    200 reports an engine failure as an SSE event `data: {"error": {...}}` (vLLM does), possibly
+    followed by `data: [DONE]`; so every event is looked at, not only the status or the end."""
+
+    def __init__(self, streaming: bool):
+        self.streaming = streaming
+        self.tail = b""            # the last 4 KiB, for the OpenAI error-shape check
+        self.done = False          # a `data: [DONE]` event arrived
+        self.error_event = False   # an event (or a whole 2xx body) was an error object
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> None:
+        self.tail = (self.tail + chunk)[-4096:]
+        if not self.streaming:
+            self._partial += chunk if len(self._partial) < (1 << 20) else b""
+            return
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()[-(1 << 20):]
+        for line in lines:
+            self._event(line.strip())
+
+    def finish(self) -> None:
+        if self.streaming:
+            self._event(self._partial.strip())
+        elif _is_error_object(self._partial):
+            self.error_event = True
+
+    def _event(self, line: bytes) -> None:
+        if not line.startswith(b"data:"):
+            return
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            self.done = True
+        elif data.startswith(b"{") and b'"error"' in data and _is_error_object(data):
+            self.error_event = True
+
+
+def _is_error_object(data: bytes) -> bool:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and doc.get("error") not in (None, "", {})
+
+
+def _reason_for(status: int, body: BodyReader) -> str:
     if status >= 500:
         return "5xx"
     if status >= 400:
         return "4xx"
-    if kind == "chat-stream" and b"[DONE]" not in tail:
+    body.finish()
+    if body.error_event:
+        return "error-event"
+    if body.streaming and not body.done:
         return "truncated"
     return "completed"
 

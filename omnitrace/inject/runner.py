@@ -76,8 +76,24 @@ def select_rows(matrix: Matrix, glob: str | None) -> list[Row]:
     return rows
 
 
+LOAD_FLAGS = {"max_tokens": "--max-tokens", "min_tokens": "--min-tokens", "rate": "--load-rate",
+              "requests": "--load-requests", "concurrency": "--load-concurrency"}
+
+
+def load_args(settings: dict) -> list[str]:
+    """The driver's flags for the matrix's load_settings (CLI overrides merged in already)."""
+    args = []
+    for key, value in settings.items():
+        if key == "ignore_eos":
+            args += ["--ignore-eos"] if value else []
+        elif value is not None:
+            args += [LOAD_FLAGS[key], str(value)]
+    return args
+
+
 def scenario_command(row: Row, serve: str, port: int, url: str, outcome: Path,
-                     record_args: list[str], timeline: Path) -> list[str]:
+                     record_args: list[str], timeline: Path,
+                     load_settings: dict | None = None) -> list[str]:
     target = row.pattern if row.target == "pattern" and row.pattern else row.target
     driver = [sys.executable, "-m", "omnitrace.inject.scenario", row.id, "--fault", row.fault,
               "--target", target, "--observe", str(row.observe_s), "--serve", serve,
@@ -85,6 +101,7 @@ def scenario_command(row: Row, serve: str, port: int, url: str, outcome: Path,
               "--startup-timeout", str(STARTUP_TIMEOUT_S)]
     if row.load:
         driver.append("--load")
+    driver += load_args(load_settings or {})
     if "stop-accepting" in row.rules:  # that rule needs a request after its grace period
         driver += ["--probe-after", str(row.thresholds["stop_accepting_s"] + 0.5)]
     return [sys.executable, "-m", "omnitrace.cli", "record", "-o", str(timeline),
@@ -92,13 +109,14 @@ def scenario_command(row: Row, serve: str, port: int, url: str, outcome: Path,
 
 
 def run_row(row: Row, index: int, serve: str, url_template: str, out: Path, progress: Progress,
-            record_args: list[str]) -> RowRun:
+            record_args: list[str], load_settings: dict | None = None) -> RowRun:
     port = free_port()
     url = url_template.replace("{port}", str(port)).rstrip("/")
     slug = row.id.replace("/", "_")
     run = RowRun(row, out / f"{slug}.jsonl")
     outcome_path = out / f"{slug}.outcome.json"
-    argv = scenario_command(row, serve, port, url, outcome_path, record_args, run.timeline)
+    argv = scenario_command(row, serve, port, url, outcome_path, record_args, run.timeline,
+                            load_settings)
     t0 = time.monotonic()
     bound = STARTUP_TIMEOUT_S + row.observe_s + ROW_SLACK_S
     log = open(out / f"{slug}.log", "w")
@@ -212,8 +230,11 @@ def exit_code(report: Report, runs: list[RowRun], rows: list[Row]) -> int:
 
 
 def run_matrix(matrix: Matrix, serve: str | None, url: str | None, glob: str | None,
-               out: str | None, record_args: list[str]) -> tuple[Report, list[RowRun], int, Path | None]:
+               out: str | None, record_args: list[str], load_overrides: dict | None = None,
+               ) -> tuple[Report, list[RowRun], int, Path | None]:
     rows = select_rows(matrix, glob)
+    settings = {**matrix.load_settings, **{k: v for k, v in (load_overrides or {}).items()
+                                           if v is not None}}
     keep = out is not None
     directory = Path(out) if keep else Path(tempfile.mkdtemp(prefix="omnitrace-matrix-"))
     directory.mkdir(parents=True, exist_ok=True)
@@ -222,7 +243,8 @@ def run_matrix(matrix: Matrix, serve: str | None, url: str | None, glob: str | N
     try:
         for index, row in enumerate(rows, start=1):
             runs.append(run_row(row, index, serve or testbed_command(),
-                                url or "http://127.0.0.1:{port}", directory, progress, record_args))
+                                url or "http://127.0.0.1:{port}", directory, progress, record_args,
+                                settings))
         report = verify_runs(runs, matrix)
         if keep:
             (directory / "report.json").write_text(json.dumps(report.to_dict(), indent=2))

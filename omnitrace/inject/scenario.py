@@ -26,7 +26,7 @@ from omnitrace.errors import OmnitraceError
 from omnitrace.gpu import GpuBackendError
 from omnitrace.events import signal_name
 from omnitrace.inject import marks, oom, probes
-from omnitrace.inject.load import Load, discover_model, summary_table
+from omnitrace.inject.load import MIX, Load, RequestShape, discover_model, request_spec, summary_table
 from omnitrace.inject.server import (Server, ServerFailed, become_subreaper, child_env, expand,
                                      health_status)
 from omnitrace.inject.signals import inject_signal
@@ -54,6 +54,8 @@ class Plan:
     load_concurrency: int = 8
     hog_ratio: float = 0.92
     probe_after_s: float | None = None   # one chat request this long after the fault
+    shape: RequestShape = RequestShape()  # how long each load/probe generation runs
+    in_flight_timeout_s: float = 30.0
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Outcome:
     leftovers: list[str] = field(default_factory=list)
     load: dict[str, int] = field(default_factory=dict)        # end reason -> count
     probes: list[str] = field(default_factory=list)
+    absent_endpoints: dict[str, int] = field(default_factory=dict)  # kind -> status before the fault
     error: str | None = None
 
 
@@ -87,6 +90,7 @@ class Driver:
         self._gpu = None   # the GPU backend, opened on first use (False: none here)
         self.unavailable_since: float | None = None
         self.model: str | None = None   # what GET /v1/models named once the server was healthy
+        self.absent: dict[str, int] = {}  # request kinds the server has no endpoint for
 
     def phase(self, name: str) -> None:
         self.outcome.phases[name] = round(time.monotonic() - self.t0, 3)
@@ -106,8 +110,9 @@ class Driver:
             scenario.set_attribute("omnitrace.server.pid", pid)
             self.server.wait_healthy(p.startup_timeout_s)
             self.model = discover_model(p.url)  # now: after the fault the call could hang
+            self.check_endpoints()
             self.phase("healthy")
-            if p.load:
+            if p.load and self.load_applies():
                 self.start_load()
             self.phase("injecting")
             self.inject()
@@ -124,15 +129,59 @@ class Driver:
             self.phase("done")
         return self.outcome
 
+    def kinds_used(self) -> tuple[str, ...]:
+        p = self.plan
+        kinds = list(MIX if p.load_kind == "mix" else (p.load_kind,)) if p.load else []
+        if p.target in ("worker", "gpu") or p.fault == "oom" or p.probe_after_s is not None:
+            kinds.append("chat")
+        if p.fault == "oom":
+            kinds.append("speech")
+        return tuple(dict.fromkeys(kinds))
+
+    def check_endpoints(self) -> None:
+        """Ask once, while healthy, which request kinds the server has endpoints for, and say
+        plainly which do not apply, so a 404 is never taken for the server's answer to a fault."""
+        self.absent = probes.absent_endpoints(self.plan.url, self.kinds_used(), self.model,
+                                              self.plan.row)
+        self.outcome.absent_endpoints = dict(self.absent)
+        for kind, status in self.absent.items():
+            print(f"omnitrace: {self.plan.url}{request_spec(kind, None)[1]} answered {status} before "
+                  f"the fault: {kind} requests do not apply to this server; rules resting on them "
+                  "are not decided", file=sys.stderr, flush=True)
+
+    def load_applies(self) -> bool:
+        kinds = MIX if self.plan.load_kind == "mix" else (self.plan.load_kind,)
+        if all(k in self.absent for k in kinds):
+            print("omnitrace: no load request kind applies to this server: the fault is injected "
+                  "with nothing in flight (inflight-fail-fast cannot be decided)", file=sys.stderr,
+                  flush=True)
+            return False
+        return True
+
     def start_load(self) -> None:
         p = self.plan
         self.phase("loading")
         self.load = Load(p.url, p.load_kind, p.load_rate, p.load_requests, p.load_concurrency,
-                         timeout_s=probes.PROBE_TIMEOUT_S, model=self.model, scenario=p.row)
+                         timeout_s=probes.PROBE_TIMEOUT_S, model=self.model, scenario=p.row,
+                         shape=p.shape, absent=frozenset(self.absent))
         self.load_thread = self.load.run_in_thread()
-        # A streaming request that has its first byte is certainly being served right now.
-        if not self.load.wait_until(lambda l: l.streaming >= 1 or l.finished_any(), 30):
-            raise ServerFailed("no load request got an answer within 30 s of starting load")
+        self.wait_in_flight()
+
+    def wait_in_flight(self) -> None:
+        """Inject only while a stream is open: it has its first byte and not its end, so the
+        server is certainly serving it at the fault. A fast model can answer every request before
+        one is caught open; then the row cannot test what it claims, and says so."""
+        load = self.load
+        if load.wait_until(lambda l: l.streaming >= 1 or l.started == l.requests and l.in_flight == 0,
+                           self.plan.in_flight_timeout_s) and load.streaming >= 1:
+            return
+        done = len(load.results)
+        longest = max((r.duration_s for r in load.results), default=0.0)
+        raise ServerFailed(
+            f"no request was in flight to inject under: {done} of {load.requests} load requests "
+            f"ended (longest {longest:.2f} s) and none was streaming within "
+            f"{self.plan.in_flight_timeout_s:.0f} s; make requests longer (load_settings.max_tokens "
+            f"with ignore_eos in the matrix, or --max-tokens/--ignore-eos)")
 
     def inject(self) -> None:
         p = self.plan
@@ -224,7 +273,10 @@ class Driver:
             url, row = self.plan.url, self.plan.row
             if self.plan.fault == "oom":
                 for kind in ("chat", "speech"):
-                    self.note_probes(probes.probe(url, kind, model=self.model, scenario=row))
+                    if kind not in self.absent:
+                        self.note_probes(probes.probe(url, kind, model=self.model, scenario=row))
+                return
+            if "chat" in self.absent:
                 return
             deadline = time.monotonic() + 31
             while time.monotonic() < deadline and not self.stop.is_set():
@@ -240,7 +292,7 @@ class Driver:
     def late_probe(self) -> None:
         """A new request after the stop-accepting grace: a stopped server must not serve it."""
         try:
-            if not self.stop.wait(self.plan.probe_after_s):
+            if "chat" not in self.absent and not self.stop.wait(self.plan.probe_after_s):
                 self.note_probes(probes.probe(self.plan.url, "chat", model=self.model,
                                               scenario=self.plan.row))
         finally:
@@ -290,11 +342,20 @@ def parse(argv: list[str]) -> tuple[Plan, str | None]:
     ap.add_argument("--probe-after", type=float, default=None,
                     help="send one chat request this many seconds after the fault")
     ap.add_argument("--report", default=None, help="write the outcome as JSON here")
+    ap.add_argument("--max-tokens", type=int, default=RequestShape.max_tokens,
+                    help="max_tokens of each load request")
+    ap.add_argument("--min-tokens", type=int, default=None)
+    ap.add_argument("--ignore-eos", action="store_true", help="ask the server to generate past EOS")
+    ap.add_argument("--load-rate", type=float, default=Plan.load_rate)
+    ap.add_argument("--load-requests", type=int, default=Plan.load_requests)
+    ap.add_argument("--load-concurrency", type=int, default=Plan.load_concurrency)
     a = ap.parse_args(argv)
     url = (a.url or "http://127.0.0.1:{port}").replace("{port}", str(a.port))
     plan = Plan(a.row, a.fault, a.target, a.load, a.observe, a.serve, a.port, url,
                 startup_timeout_s=a.startup_timeout, load_kind=a.load_kind,
-                probe_after_s=a.probe_after)
+                load_rate=a.load_rate, load_requests=a.load_requests,
+                load_concurrency=a.load_concurrency, probe_after_s=a.probe_after,
+                shape=RequestShape(a.max_tokens, a.min_tokens, a.ignore_eos))
     return plan, a.report
 
 

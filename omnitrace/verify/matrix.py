@@ -24,7 +24,10 @@ BUILTIN = "vllm-omni"
 TARGETS = ("worker", "serve", "all", "pattern", "gpu")
 ROW_KEYS = {"id", "load", "fault", "target", "pattern", "observe_s", "behaviour", "issues",
             "thresholds", "rules"}
-TOP_KEYS = {"matrix", "description", "extends", "patterns", "thresholds", "rows"}
+TOP_KEYS = {"matrix", "description", "extends", "patterns", "thresholds", "load_settings", "rows"}
+# How the runner's load and probes shape their requests (docs/matrix-run.md): key -> (type, minimum)
+LOAD_SETTINGS = {"max_tokens": (int, 1), "min_tokens": (int, 0), "ignore_eos": (bool, None),
+                 "rate": (float, 0.01), "requests": (int, 1), "concurrency": (int, 1)}
 
 
 class MatrixError(OmnitraceError):
@@ -58,6 +61,7 @@ class Matrix:
     rows: list[Row]
     patterns: RolePatterns
     sources: list[str]
+    load_settings: dict = field(default_factory=dict)   # LOAD_SETTINGS keys the files set
 
     def row(self, row_id: str) -> Row | None:
         return next((r for r in self.rows if r.id == row_id), None)
@@ -148,6 +152,19 @@ class _Checker:
                 self.fail(path + [key], f"must be a number >= 0, got {number!r}")
         return {k: float(v) for k, v in value.items()}
 
+    def load_settings(self, path, value) -> dict:
+        self.keys(path, value, LOAD_SETTINGS)
+        for key, setting in value.items():
+            kind, minimum = LOAD_SETTINGS[key]
+            if kind is bool:
+                if not isinstance(setting, bool):
+                    self.fail(path + [key], f"must be true or false, got {setting!r}")
+            elif isinstance(setting, bool) or not isinstance(setting, (int, float)) or (
+                    kind is int and not isinstance(setting, int)) or setting < minimum:
+                self.fail(path + [key], f"must be {'an integer' if kind is int else 'a number'} "
+                          f">= {minimum}, got {setting!r}")
+        return dict(value)
+
     def strings(self, path, value) -> list[str]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             self.fail(path, "must be a list of strings")
@@ -162,6 +179,8 @@ def _merge(merged: dict, doc: dict, source: str, node) -> None:
             check.fail(["patterns", role], "unknown role; expected serve, worker, engine or helper")
         merged["patterns"][role] = check.strings(["patterns", role], value)
     merged["thresholds"].update(check.thresholds(["thresholds"], doc.get("thresholds") or {}))
+    merged.setdefault("load_settings", {}).update(
+        check.load_settings(["load_settings"], doc.get("load_settings") or {}))
     rows = doc.get("rows") or []
     if not isinstance(rows, list):
         check.fail(["rows"], "must be a list of rows")
@@ -190,7 +209,8 @@ def _merge(merged: dict, doc: dict, source: str, node) -> None:
     merged.setdefault("sources", []).append(source)
     merged["_matrix"] = Matrix(merged["name"], merged["description"],
                                [_row(r, merged["thresholds"]) for r in merged["rows"]],
-                               RolePatterns(**merged["patterns"]), list(merged["sources"]))
+                               RolePatterns(**merged["patterns"]), list(merged["sources"]),
+                               dict(merged["load_settings"]))
 
 
 def _row(raw: dict, defaults: dict[str, float]) -> Row:
