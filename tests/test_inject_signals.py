@@ -185,3 +185,40 @@ def test_cli_refusal_is_one_line_and_exit_2():
     assert cli.returncode == 2
     assert cli.stderr.strip().splitlines() == [
         "omnitrace: error: --server: refusing to signal pid 1 (init or a process group)"]
+
+
+MINI_SERVER = os.path.join(os.path.dirname(__file__), "servers", "mini_server.py")
+
+
+@pytest.fixture
+def own_titled_server(tmp_path):
+    """A real server whose worker has a title no built-in pattern knows, and a matrix naming it."""
+    from omnitrace.inject.server import free_port
+    matrix = tmp_path / "mine.yaml"
+    matrix.write_text("extends: vllm-omni\npatterns: {worker: [mytool-shard]}\n")
+    proc = subprocess.Popen([sys.executable, MINI_SERVER, "--port", str(free_port()),
+                             "--worker-title", "mytool-shard-0", "--lifetime", "60"])
+    try:
+        worker = wait_for(lambda: next((p for p in psutil.Process(proc.pid).children()
+                                        if "mytool-shard" in " ".join(p.cmdline())), None),
+                          15, "the titled worker")
+        yield proc, worker, matrix
+    finally:
+        proc.kill()
+        proc.wait()
+        if not is_gone(worker.pid):
+            worker.kill()
+
+
+def test_worker_target_uses_the_matrix_patterns(own_titled_server):
+    proc, worker, matrix = own_titled_server
+    inject = [sys.executable, "-m", "omnitrace.inject", "signal", "--server", str(proc.pid),
+              "--target", "worker", "--signal", "TERM"]
+    builtin = subprocess.run(inject, capture_output=True, text=True, timeout=30)
+    assert builtin.returncode == 2 and "no process in the tree" in builtin.stderr
+    mine = subprocess.run(inject + ["--matrix", str(matrix)], capture_output=True, text=True,
+                          timeout=30)
+    assert mine.returncode == 0, mine.stderr
+    assert mine.stdout.strip() == f"sent SIGTERM to {worker.pid}"
+    wait_for(lambda: is_gone(worker.pid), 10, "the worker gone")
+    assert proc.poll() is None, "only the worker was signalled"

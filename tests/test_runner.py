@@ -103,3 +103,29 @@ def test_free_port_is_bindable_and_outside_the_range_connect_draws_from():
     assert len(ports) > 1  # drawn at random: two runs at once rarely pick the same
     with socket.socket() as s:
         s.bind(("127.0.0.1", ports.pop()))
+
+
+MINI_SERVER = f"{sys.executable} {os.path.join(os.path.dirname(__file__), 'servers', 'mini_server.py')}"
+
+
+def own_matrix(tmp_path, text: str = ""):
+    """A user's matrix over the built-in one, with a short window for the worker row."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: vllm-omni\n"
+                    "thresholds: {unavailable_s: 3}\n" + text +
+                    "rows:\n"
+                    "  - {id: no-load/sigkill/worker, observe_s: 10, thresholds: {exit_s: 3, residue_s: 4}}\n"
+                    "  - {id: no-load/sigkill/serve, observe_s: 8,\n"
+                    "     thresholds: {exit_s: 3, residue_s: 5, gpu_release_s: 2}}\n")
+    return path
+
+
+def test_the_driver_picks_the_worker_by_the_matrix_patterns(env, tmp_path):
+    matrix = own_matrix(tmp_path, "patterns: {worker: [mytool-shard]}\n")
+    cli, report = matrix_run(tmp_path / "run", "--matrix", str(matrix), "--scenarios",
+                             "no-load/sigkill/worker", "--serve",
+                             MINI_SERVER + " --port {port} --worker-title mytool-shard-0", env=env)
+    assert report is not None and cli.returncode == 0, cli.stdout[-3000:] + cli.stderr[-2000:]
+    assert verdicts(report)[("no-load/sigkill/worker", "target-exits")] == "pass"
+    outcome = json.loads((tmp_path / "run" / "no-load_sigkill_worker.outcome.json").read_text())
+    assert len(outcome["fault_pids"]) == 1

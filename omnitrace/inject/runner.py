@@ -26,7 +26,7 @@ from omnitrace.errors import OmnitraceError
 from omnitrace.inject.server import free_port
 from omnitrace.timeline import TimelineError, read_timeline
 from omnitrace.verify.engine import verify_timeline
-from omnitrace.verify.matrix import Matrix, Row
+from omnitrace.verify.matrix import BUILTIN, Matrix, Row
 from omnitrace.verify.report import Report
 
 PHASE_LINE = re.compile(r"^omnitrace-phase: (\S+)")
@@ -93,7 +93,7 @@ def load_args(settings: dict) -> list[str]:
 
 def scenario_command(row: Row, serve: str, port: int, url: str, outcome: Path,
                      record_args: list[str], timeline: Path,
-                     load_settings: dict | None = None) -> list[str]:
+                     load_settings: dict | None = None, matrix_file: str | None = None) -> list[str]:
     target = row.pattern if row.target == "pattern" and row.pattern else row.target
     driver = [sys.executable, "-m", "omnitrace.inject.scenario", row.id, "--fault", row.fault,
               "--target", target, "--observe", str(row.observe_s), "--serve", serve,
@@ -102,6 +102,8 @@ def scenario_command(row: Row, serve: str, port: int, url: str, outcome: Path,
     if row.load:
         driver.append("--load")
     driver += load_args(load_settings or {})
+    if matrix_file:  # the driver picks "worker" by the same matrix's patterns as verify
+        driver += ["--matrix", matrix_file]
     if "stop-accepting" in row.rules:  # that rule needs a request after its grace period
         driver += ["--probe-after", str(row.thresholds["stop_accepting_s"] + 0.5)]
     return [sys.executable, "-m", "omnitrace.cli", "record", "-o", str(timeline),
@@ -109,14 +111,15 @@ def scenario_command(row: Row, serve: str, port: int, url: str, outcome: Path,
 
 
 def run_row(row: Row, index: int, serve: str, url_template: str, out: Path, progress: Progress,
-            record_args: list[str], load_settings: dict | None = None) -> RowRun:
+            record_args: list[str], load_settings: dict | None = None,
+            matrix_file: str | None = None) -> RowRun:
     port = free_port()
     url = url_template.replace("{port}", str(port)).rstrip("/")
     slug = row.id.replace("/", "_")
     run = RowRun(row, out / f"{slug}.jsonl")
     outcome_path = out / f"{slug}.outcome.json"
     argv = scenario_command(row, serve, port, url, outcome_path, record_args, run.timeline,
-                            load_settings)
+                            load_settings, matrix_file)
     t0 = time.monotonic()
     bound = STARTUP_TIMEOUT_S + row.observe_s + ROW_SLACK_S
     log = open(out / f"{slug}.log", "w")
@@ -244,7 +247,7 @@ def run_matrix(matrix: Matrix, serve: str | None, url: str | None, glob: str | N
         for index, row in enumerate(rows, start=1):
             runs.append(run_row(row, index, serve or testbed_command(),
                                 url or "http://127.0.0.1:{port}", directory, progress, record_args,
-                                settings))
+                                settings, matrix_source(matrix)))
         report = verify_runs(runs, matrix)
         if keep:
             (directory / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
@@ -252,6 +255,13 @@ def run_matrix(matrix: Matrix, serve: str | None, url: str | None, glob: str | N
     finally:
         if not keep:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def matrix_source(matrix: Matrix) -> str:
+    """What the driver loads to get this matrix again: the file that was given (it names what it
+    extends), or the built-in matrix's name."""
+    top = matrix.sources[-1]
+    return top if top == BUILTIN else str(Path(top).resolve())
 
 
 def runs_table(runs: list[RowRun], report: Report) -> str:

@@ -29,6 +29,7 @@ from omnitrace.inject import marks, oom, probes
 from omnitrace.inject.load import MIX, Load, RequestShape, discover_model, request_spec, summary_table
 from omnitrace.inject.server import (Server, ServerFailed, become_subreaper, child_env, expand,
                                      health_status)
+from omnitrace.inject.roles import matrix_patterns
 from omnitrace.inject.signals import inject_signal
 
 SETTLE_GRACE_S = 1.0   # keep observing this long after the outcome settled (GPU release, probes)
@@ -56,6 +57,8 @@ class Plan:
     probe_after_s: float | None = None   # one chat request this long after the fault
     shape: RequestShape = RequestShape()  # how long each load/probe generation runs
     in_flight_timeout_s: float = 30.0
+    matrix: str | None = None             # whose role patterns pick "worker" (verify reads them too)
+    unavailable_hold_s: float = 0.0       # a worker row watches "unavailable" this long before settling
 
 
 @dataclass
@@ -190,7 +193,7 @@ class Driver:
             self.start_hog()
             return
         fault = inject_signal(self.outcome.server_pid, p.target, p.fault, scenario=p.row,
-                              server_url=p.url)
+                              server_url=p.url, patterns=matrix_patterns(p.matrix))
         self.outcome.fault_pids = fault.pids
 
     def start_hog(self) -> None:
@@ -349,13 +352,17 @@ def parse(argv: list[str]) -> tuple[Plan, str | None]:
     ap.add_argument("--load-rate", type=float, default=Plan.load_rate)
     ap.add_argument("--load-requests", type=int, default=Plan.load_requests)
     ap.add_argument("--load-concurrency", type=int, default=Plan.load_concurrency)
+    ap.add_argument("--matrix", default=None, help="matrix file whose role patterns name workers")
+    ap.add_argument("--unavailable-hold", type=float, default=0.0,
+                    help="seconds /health must stay non-2xx before a worker row settles")
     a = ap.parse_args(argv)
     url = (a.url or "http://127.0.0.1:{port}").replace("{port}", str(a.port))
     plan = Plan(a.row, a.fault, a.target, a.load, a.observe, a.serve, a.port, url,
                 startup_timeout_s=a.startup_timeout, load_kind=a.load_kind,
                 load_rate=a.load_rate, load_requests=a.load_requests,
                 load_concurrency=a.load_concurrency, probe_after_s=a.probe_after,
-                shape=RequestShape(a.max_tokens, a.min_tokens, a.ignore_eos))
+                shape=RequestShape(a.max_tokens, a.min_tokens, a.ignore_eos),
+                matrix=a.matrix, unavailable_hold_s=a.unavailable_hold)
     return plan, a.report
 
 

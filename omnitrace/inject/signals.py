@@ -2,7 +2,8 @@
 
 The tree is `[root] + root.children(recursive=True)` captured at injection time. Roles:
   serve   the root (the API server)
-  worker  the first process in the tree whose name + cmdline matches a worker pattern
+  worker  the first process in the tree whose name + cmdline matches the matrix's worker or
+          engine patterns (and no helper pattern)
   all     the root, then each live descendant, ALL_GAP_S apart
   PATTERN any other text: every tree process whose name + cmdline contains it; a number is a pid
 psutil.Process.send_signal checks the create time, so a recycled pid is never signalled.
@@ -18,7 +19,8 @@ import psutil
 from omnitrace.errors import OmnitraceError
 from omnitrace.events import signal_name, signal_number
 from omnitrace.inject import marks
-from omnitrace.inject.roles import is_worker
+from omnitrace.inject.roles import PATTERNS, is_worker
+from omnitrace.model.roles import RolePatterns
 
 ALL_GAP_S = 0.1  # upstream's gap between signals for "kill all"
 ROLES = ("serve", "worker", "all")
@@ -57,14 +59,15 @@ def server_tree(server: int) -> list[psutil.Process]:
                                f"running server's root process") from None
 
 
-def select(tree: list[psutil.Process], target: str) -> list[psutil.Process]:
+def select(tree: list[psutil.Process], target: str,
+           patterns: RolePatterns = PATTERNS) -> list[psutil.Process]:
     root = tree[0]
     if target == "serve":
         chosen = [root]
     elif target == "all":
         chosen = list(tree)
     elif target == "worker":
-        chosen = [p for p in tree[1:] if is_worker(describe(p))][:1]
+        chosen = [p for p in tree[1:] if is_worker(describe(p), patterns)][:1]
     elif target.isdigit():
         pid = int(target)
         _refuse_forbidden(pid, what="--target")
@@ -100,14 +103,16 @@ def _own_ancestors() -> set[int]:
 
 
 def inject_signal(server: int, target: str, sig: str | int, gap_s: float = ALL_GAP_S,
-                  scenario: str | None = None, server_url: str | None = None) -> SignalFault:
-    """Signal the chosen processes inside a fault mark (span) that names them."""
+                  scenario: str | None = None, server_url: str | None = None,
+                  patterns: RolePatterns = PATTERNS) -> SignalFault:
+    """Signal the chosen processes inside a fault mark (span) that names them. `patterns`: the
+    matrix's role patterns, which verify reads too."""
     try:
         number = signal_number(sig)
     except ValueError:
         raise InjectionRefused(f"--signal {sig}: unknown signal; use KILL, TERM or INT") from None
     tree = server_tree(server)
-    chosen = select(tree, target)
+    chosen = select(tree, target, patterns)
     fault = SignalFault(server=server, target=target, signal=number)
     context = marks.context_from_env()
     attributes = marks.fault_attributes(
