@@ -193,7 +193,7 @@ def test_graceful_shutdown_fails_when_an_ignored_sigterm_leaves_it_running_past_
     b.mark("fault", FAULT, FAULT, scenario=row, fault_signal="SIGTERM", fault_target="worker",
            fault_pids=[102])
     rule = verdicts(b)["graceful-shutdown"]
-    assert rule.verdict == "fail" and "exited only at +95.00 s, after the limit" in rule.evidence[0].text
+    assert rule.verdict == "fail" and "exited only at +95.00 s, after the 90 s limit" in rule.evidence[0].text
 
 
 # --- cleanup-order ------------------------------------------------------------------------------

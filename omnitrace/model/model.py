@@ -26,6 +26,7 @@ class Model:
         self.requests: list[Request] = []
         self.lost: list[tuple[int, int, str, int, int]] = []   # (t, end, source, count, ref)
         self.gpu: GpuUsage
+        self.window_end: int | None = None   # set on a scenario's cut view (model/window.py)
         self._by_pid: dict[int, list[Process]] = {}
         self._kind_times: dict[str, list[int]] = {}
 
@@ -46,7 +47,8 @@ class Model:
 
     @property
     def t_end(self) -> int:
-        return self.timeline.t_end
+        """Where the recording ends, or where the window this view was cut at ends."""
+        return self.timeline.t_end if self.window_end is None else self.window_end
 
     def source_ran(self, name: str) -> bool:
         return self.timeline.source_ran(name)
@@ -120,7 +122,9 @@ class Model:
             self._kind_index = getattr(self, "_kind_index", {})
             self._kind_index[kind] = [i for i, e in enumerate(self.timeline.events) if e.kind == kind]
         pos = bisect_right(times, t - 1)
-        return self._kind_index[kind][pos] if pos < len(times) else None
+        if pos == len(times) or times[pos] > self.t_end:   # none before the end (of a window)
+            return None
+        return self._kind_index[kind][pos]
 
     def requests_between(self, start: int, end: int) -> list[Request]:
         """Requests that were open at some point in [start, end]."""

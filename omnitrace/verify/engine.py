@@ -3,9 +3,11 @@
     report = verify_timeline(timeline, load_matrix(None), scenario_glob="under-load/*")
     sys.exit(report.exit_code(strict=False))
 
-Before a rule runs, the engine makes its verdict inconclusive when the scenario lacks what every
-rule needs (a fault time, a server), when a source the rule rests on did not run, or when events
-of such a source were lost inside the scenario's window.
+Rules read the scenario's window (omnitrace/model/window.py): the recording cut at the window's
+end, so nothing after it (the runner's clean-up) decides a verdict. Before a rule runs, the engine
+makes its verdict inconclusive when the scenario lacks what every rule needs (a fault time, a
+server), when a source the rule rests on did not run, or when events of such a source were lost
+inside the scenario's window.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from fnmatch import fnmatchcase
 from omnitrace.model.build import build_model
 from omnitrace.model.model import Model
 from omnitrace.model.scenarios import Scenario, find_scenarios
+from omnitrace.model.window import Window
 from omnitrace.timeline import Timeline
 from omnitrace.verify.matrix import Matrix, Row
 from omnitrace.verify.report import Report, RuleVerdict, ScenarioReport
@@ -47,9 +50,10 @@ def _check_scenario(model: Model, matrix: Matrix, scenario: Scenario) -> Scenari
                                         INCONCLUSIVE, None, None, "", f"no row {scenario.id!r} in "
                                         f"matrix {matrix.name}: nothing to check it against", []))
         return report
+    window = Window(model, scenario)   # every rule decides from the window only
     for rule_id in row.rules:
         rule = RULES[rule_id]
-        result = _precheck(model, scenario, rule) or rule.check(Context(model, scenario, row.thresholds))
+        result = _precheck(model, scenario, rule) or rule.check(Context(window, row.thresholds))
         report.rules.append(_verdict(rule, row, result))
     return report
 

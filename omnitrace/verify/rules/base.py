@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
 
+from omnitrace.events import signal_name
 from omnitrace.model.http import url_origin
 from omnitrace.model.model import Model
 from omnitrace.model.process import Process
 from omnitrace.model.scenarios import Scenario
+from omnitrace.model.window import Window
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 _RANK = {PASS: 0, INCONCLUSIVE: 1, FAIL: 2}
@@ -50,9 +52,20 @@ class Result:
 
 @dataclass
 class Context:
-    model: Model
-    scenario: Scenario
+    """What a rule checks: the scenario's window and the row's thresholds.
+
+    `model` and `scenario` are the window's view (omnitrace/model/window.py): nothing after the
+    window's end decides a verdict. `after_window` may add what came later, marked as such."""
+    window: Window
     thresholds: dict[str, float]
+
+    @property
+    def model(self) -> Model:
+        return self.window.model
+
+    @property
+    def scenario(self) -> Scenario:
+        return self.window.scenario
 
     @property
     def fault_t(self) -> int:
@@ -88,6 +101,16 @@ class Context:
              proc: Process | None = None) -> Evidence:
         return Evidence(text, t, ref, proc.pid if proc else None)
 
+    def after_window(self, proc: Process) -> str:
+        """How a process alive at the window's end ended later, as context only ('' if it did
+        not end, or ended inside the window): '; exited at +101.50 s (SIGKILL), after the window'."""
+        full = self.window.original(proc)
+        if proc.exit_t is not None or full.exit_t is None:
+            return ""
+        code, killer = full.exit_status()
+        how = signal_name(killer) if killer else (None if code is None else f"status {code}")
+        return f"; exited at {self.at(full.exit_t)}{f' ({how})' if how else ''}, after the window"
+
     def window_too_short(self, key: str) -> Result | None:
         """Inconclusive when the recording stops before the threshold is reached."""
         if self.end < self.deadline(key):
@@ -118,4 +141,4 @@ def fate(ctx: Context, proc: Process) -> str:
         parts.append(f"still alive at scenario end {ctx.at(ctx.end)}")
     else:
         parts.append(f"exited at {ctx.at(proc.exit_t)}")
-    return f"{proc.label()} " + ", ".join(parts)
+    return f"{proc.label()} " + ", ".join(parts) + ctx.after_window(proc)

@@ -15,22 +15,52 @@ def _one(ctx: Context, proc) -> tuple[str, str, int | None, int | None, float | 
                    None)
     if receipt is None:
         return INCONCLUSIVE, f"{proc.label()}: no {_name(sig)} to it was recorded", None, None, None
-    if receipt.disposition is None:
-        # Never taken: discarded at sending (ignored), or blocked until the process exited (the
-        # resource tracker masks SIGTERM). Either way it exited, or not, by itself.
-        if receipt.result == "ignored" or proc.exit_t is not None:
-            return _ignored(ctx, proc, receipt)
-        return (INCONCLUSIVE, f"{proc.label()}: {receipt.name} sent at {ctx.at(receipt.t)}, "
-                "its delivery was not recorded", receipt.t, receipt.ref, None)
-    if receipt.disposition == "ignored":
-        return _ignored(ctx, proc, receipt)
-    if receipt.disposition != "handler":
+    if receipt.disposition not in (None, "ignored", "handler"):
         return (FAIL, f"{proc.label()}: {receipt.name} took the {receipt.disposition} action at "
                 f"{ctx.at(receipt.delivered_t)}: no handler, no shutdown", receipt.delivered_t,
                 receipt.deliver_ref, None)
+    # exit_s bounds every path to a pass: whatever the handler did, a shutdown that ends after
+    # the limit (or not in the window at all) is not a graceful one.
     if proc.exit_t is None:
-        return (INCONCLUSIVE, f"{proc.label()}: handler ran at {ctx.at(receipt.delivered_t)} but "
-                "it did not exit in the window", receipt.delivered_t, receipt.deliver_ref, None)
+        return _still_running(ctx, proc, receipt)
+    if proc.exit_t > ctx.deadline("exit_s"):
+        return (FAIL, f"{proc.label()}: {_taken(ctx, receipt)}, exited only at "
+                f"{ctx.at(proc.exit_t)}, after the {ctx.thresholds['exit_s']:g} s limit",
+                proc.exit_t, proc.exit_ref, (proc.exit_t - _when(receipt)) / 1e9)
+    if receipt.disposition == "handler":
+        return _handled(ctx, proc, receipt)
+    # Never taken (discarded at sending, or blocked until the process exited: the resource
+    # tracker masks SIGTERM) or ignored: it exited by itself.
+    return _ignored(ctx, proc, receipt)
+
+
+def _when(receipt) -> int:
+    return receipt.delivered_t or receipt.t
+
+
+def _taken(ctx: Context, receipt) -> str:
+    """What the process did with the signal, for evidence: 'handler ran at +0.00 s'."""
+    if receipt.disposition == "handler":
+        return f"handler ran at {ctx.at(receipt.delivered_t)}"
+    if receipt.disposition == "ignored" or receipt.result == "ignored":
+        return f"ignored {receipt.name} at {ctx.at(_when(receipt))}"
+    return f"{receipt.name} sent at {ctx.at(receipt.t)}, never taken"
+
+
+def _still_running(ctx: Context, proc, receipt):
+    """Alive at the window's end: a failure once the window covers exit_s, else undecided."""
+    if ctx.end >= ctx.deadline("exit_s"):
+        return (FAIL, f"{proc.label()}: {_taken(ctx, receipt)}, still running at the "
+                f"{ctx.thresholds['exit_s']:g} s limit{ctx.after_window(proc)}", _when(receipt),
+                receipt.deliver_ref or receipt.ref, None)
+    return (INCONCLUSIVE, f"{proc.label()}: {_taken(ctx, receipt)}, it did not exit in the window "
+            f"(ends at {ctx.at(ctx.end)}){ctx.after_window(proc)}", _when(receipt),
+            receipt.deliver_ref or receipt.ref, None)
+
+
+def _handled(ctx: Context, proc, receipt):
+    """The handler ran and the process exited within the limit: how it ended decides."""
+    sig = receipt.signal
     took = (proc.exit_t - receipt.delivered_t) / 1e9
     code, killer = proc.exit_status()
     if killer == sig and _reraised(proc, receipt):
@@ -54,22 +84,16 @@ def _one(ctx: Context, proc) -> tuple[str, str, int | None, int | None, float | 
 def _ignored(ctx: Context, proc, receipt):
     """A process already shutting down (its parent told it to, e.g. before "kill all" reached
     it) may ignore a late SIGTERM so its teardown completes: graceful if it then exits by itself
-    with status 0. One that ignores it and stays, or dies otherwise, is not."""
-    code, killer = proc.exit_status() if proc.exit_t is not None else (None, None)
-    when = receipt.delivered_t or receipt.t
+    with status 0 (within the limit: _one checked it). One that dies otherwise is not."""
+    code, killer = proc.exit_status()
+    when = _when(receipt)
     how = "ignored" if receipt.disposition or receipt.result == "ignored" else "never took"
-    limit = min(ctx.deadline("exit_s"), ctx.end)
-    if proc.exit_t is not None and proc.exit_t > limit:
-        return (FAIL, f"{proc.label()}: {how} {receipt.name} at {ctx.at(when)} and exited only at "
-                f"{ctx.at(proc.exit_t)}, after the limit", when, receipt.deliver_ref or receipt.ref,
-                None)
-    if proc.exit_t is not None and killer is None and code == 0:
+    if killer is None and code == 0:
         return (PASS, f"{proc.label()}: {how} {receipt.name} at {ctx.at(when)} (already shutting "
                 f"down) and exited with status 0 at {ctx.at(proc.exit_t)}", proc.exit_t,
                 proc.exit_group_ref or proc.reap_ref or proc.exit_ref, (proc.exit_t - when) / 1e9)
-    end = "did not exit" if proc.exit_t is None else f"ended with {_status(code, killer)}"
-    return (FAIL, f"{proc.label()}: {how} {receipt.name} at {ctx.at(when)} and {end}", when,
-            receipt.deliver_ref or receipt.ref, None)
+    return (FAIL, f"{proc.label()}: {how} {receipt.name} at {ctx.at(when)} and ended with "
+            f"{_status(code, killer)}", when, receipt.deliver_ref or receipt.ref, None)
 
 
 def _status(code, killer) -> str:

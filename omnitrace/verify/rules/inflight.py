@@ -1,6 +1,6 @@
 """inflight-fail-fast: each request open at the fault ends with 5xx or a connection error within
-fail_fast_s. A 2xx is a request the fault did not interrupt; a client timeout or a request still
-open at the scenario's end is a hang."""
+fail_fast_s. A 2xx is a request the fault did not interrupt; a client timeout, or a request still
+open at the scenario's end once the limit has passed, is a hang."""
 from __future__ import annotations
 
 from omnitrace.verify.rules.base import FAIL, HTTP, INCONCLUSIVE, PASS, Context, Result, Rule
@@ -12,12 +12,16 @@ def check(ctx: Context) -> Result:
     if not open_at_fault:
         return Result(INCONCLUSIVE, summary="no request was in flight at the fault")
     limit = ctx.deadline("fail_fast_s")
-    bad, good, ends = [], [], []
+    bad, good, undecided, ends = [], [], [], []
     for r in open_at_fault:
-        if r.end is None or r.end > ctx.end:
-            bad.append(ctx.cite(f"{r.describe()} opened at {ctx.at(r.t)} still open at scenario "
-                                f"end {ctx.at(ctx.end)}: a hang", r.t, r.ref))
+        if r.end is None:   # no answer by the window's end: a hang once the limit has passed
             ends.append(ctx.end)
+            text = f"{r.describe()} opened at {ctx.at(r.t)} still open at scenario end {ctx.at(ctx.end)}"
+            if ctx.end >= limit:
+                bad.append(ctx.cite(text + ": a hang", r.t, r.ref))
+            else:
+                undecided.append(ctx.cite(f"{text}, before the {ctx.thresholds['fail_fast_s']:g} s "
+                                          "limit", r.t, r.ref))
             continue
         ends.append(r.end)
         text = f"{r.describe()} opened at {ctx.at(r.t)} ended {r.outcome()} at {ctx.at(r.end)}"
@@ -31,6 +35,9 @@ def check(ctx: Context) -> Result:
     if bad:
         return Result(FAIL, measured, summary=f"{len(bad)} of {len(open_at_fault)} in-flight "
                       "request(s) did not fail fast", evidence=bad)
+    if undecided:
+        return Result(INCONCLUSIVE, measured, summary=f"{len(undecided)} in-flight request(s) still"
+                      " open when the window ends, before the limit", evidence=undecided)
     return Result(PASS, measured, summary=f"{len(good)} in-flight request(s) failed fast",
                   evidence=good)
 

@@ -46,7 +46,11 @@ def _requests(ctx: Context, oom_end: int, kinds: tuple[str, ...], label: str):
         end = r.end if r.end is not None else ctx.end
         took.append((end - r.t) / 1e9)
         text = f"{r.describe()} at {ctx.at(r.t)}: {r.outcome()} after {(end - r.t) / 1e9:.2f} s"
-        if r.end is None or r.timed_out or end - r.t > limit_ns:
+        if r.end is None and end - r.t <= limit_ns:
+            verdicts.append(INCONCLUSIVE)   # not answered yet, but not late yet either
+            evidence.append(ctx.cite(text + f": still open at the window's end, before the "
+                                     f"{ctx.thresholds['oom_s']:g} s limit", r.t, r.ref))
+        elif r.end is None or r.timed_out or end - r.t > limit_ns:
             verdicts.append(FAIL)
             evidence.append(ctx.cite(text + ": a hang", r.t, r.ref))
         elif r.status is None or r.status < 500:
