@@ -108,11 +108,11 @@ def test_free_port_is_bindable_and_outside_the_range_connect_draws_from():
 MINI_SERVER = f"{sys.executable} {os.path.join(os.path.dirname(__file__), 'servers', 'mini_server.py')}"
 
 
-def own_matrix(tmp_path, text: str = ""):
-    """A user's matrix over the built-in one, with a short window for the worker row."""
+def own_matrix(tmp_path, text: str = "", thresholds: str = "unavailable_s: 3"):
+    """A user's matrix over the built-in one, with short windows."""
     path = tmp_path / "mine.yaml"
     path.write_text("extends: vllm-omni\n"
-                    "thresholds: {unavailable_s: 3}\n" + text +
+                    f"thresholds: {{{thresholds}}}\n" + text +
                     "rows:\n"
                     "  - {id: no-load/sigkill/worker, observe_s: 10, thresholds: {exit_s: 3, residue_s: 4}}\n"
                     "  - {id: no-load/sigkill/serve, observe_s: 8,\n"
@@ -127,5 +127,20 @@ def test_the_driver_picks_the_worker_by_the_matrix_patterns(env, tmp_path):
                              MINI_SERVER + " --port {port} --worker-title mytool-shard-0", env=env)
     assert report is not None and cli.returncode == 0, cli.stdout[-3000:] + cli.stderr[-2000:]
     assert verdicts(report)[("no-load/sigkill/worker", "target-exits")] == "pass"
+    # and it stayed unavailable for the whole hold, watched: the row settled only after it
+    assert verdicts(report)[("no-load/sigkill/worker", "service-unavailable")] == "pass"
     outcome = json.loads((tmp_path / "run" / "no-load_sigkill_worker.outcome.json").read_text())
     assert len(outcome["fault_pids"]) == 1
+
+
+def test_a_health_endpoint_that_flaps_back_fails_service_unavailable(env, tmp_path):
+    matrix = own_matrix(tmp_path, thresholds="unavailable_s: 3, unavailable_hold_s: 4")
+    cli, report = matrix_run(tmp_path / "run", "--matrix", str(matrix), "--scenarios",
+                             "no-load/sigkill/worker", "--serve",
+                             MINI_SERVER + " --port {port} --flap-after 2", env=env)
+    assert report is not None, cli.stdout[-3000:] + cli.stderr[-2000:]
+    (scenario,) = report["scenarios"]
+    rule = next(r for r in scenario["rules"] if r["id"] == "service-unavailable")
+    assert rule["verdict"] == "fail", cli.stdout[-3000:]
+    assert "HTTP 200" in " ".join(e["text"] for e in rule["evidence"])
+    assert cli.returncode == 1

@@ -317,6 +317,12 @@ def test_service_unavailable_looks_only_at_the_scenarios_own_server():
     assert verdicts(b)["service-unavailable"].verdict == "pass"
 
 
+def test_service_unavailable_is_inconclusive_when_the_hold_was_not_watched():
+    """Down at +0.25 s, but the window ends at +3 s: staying down for the 5 s hold is unknown."""
+    rule = verdicts(sigkill_serve(server(), end=FAULT + 3.0))["service-unavailable"]
+    assert rule.verdict == "inconclusive" and "before the 5 s hold was watched" in rule.summary
+
+
 def test_service_unavailable_is_inconclusive_without_http_evidence():
     b = sigkill_serve(server(sources=("kernel", "procfs", "gpu")))
     assert verdicts(b)["service-unavailable"].verdict == "inconclusive"

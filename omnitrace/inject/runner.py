@@ -106,6 +106,8 @@ def scenario_command(row: Row, serve: str, port: int, url: str, outcome: Path,
         driver += ["--matrix", matrix_file]
     if "stop-accepting" in row.rules:  # that rule needs a request after its grace period
         driver += ["--probe-after", str(row.thresholds["stop_accepting_s"] + 0.5)]
+    if "service-unavailable" in row.rules:  # "stays unavailable" must be watched, not assumed
+        driver += ["--unavailable-hold", str(row.thresholds["unavailable_hold_s"])]
     return [sys.executable, "-m", "omnitrace.cli", "record", "-o", str(timeline),
             "--health-url", url + "/health", *record_args, "--", *driver]
 

@@ -87,7 +87,6 @@ class Driver:
         self.load: Load | None = None
         self.load_thread: threading.Thread | None = None
         self.hog: subprocess.Popen | None = None
-        self.unavailable = threading.Event()
         self.probes_done = threading.Event()
         self.stop = threading.Event()
         self._gpu = None   # the GPU backend, opened on first use (False: none here)
@@ -239,11 +238,17 @@ class Driver:
         else:
             alive = {p.pid for p in self.server.alive()}
             targets_gone = not alive.intersection(self.outcome.fault_pids)
-        return targets_gone and self.unavailable.is_set() and not self.server.zombies()
+        # "Unavailable and stays so" is a claim about a duration: watch the whole hold.
+        return (targets_gone and self.unavailable_for(self.plan.unavailable_hold_s)
+                and not self.server.zombies())
 
     def oom_dwelled(self) -> bool:
+        return self.unavailable_for(OOM_DWELL_S)
+
+    def unavailable_for(self, seconds: float) -> bool:
+        """/health has answered non-2xx (or nothing) without a break for at least `seconds`."""
         since = self.unavailable_since
-        return since is not None and time.monotonic() - since >= OOM_DWELL_S
+        return since is not None and time.monotonic() - since >= seconds
 
     def gpu_held(self) -> bool:
         """Whether a process of the server's tree still holds GPU memory, as the recorder's GPU
@@ -263,10 +268,14 @@ class Driver:
             return False
 
     def watch_health(self) -> None:
-        while not self.stop.is_set() and not self.unavailable.is_set():
-            if health_status(self.plan.url) != 200:
+        """For the whole window: when the current run of non-2xx answers began (None while
+        healthy), so a health endpoint that flaps back to 2xx starts the hold again."""
+        while not self.stop.is_set():
+            status = health_status(self.plan.url)
+            if status is not None and 200 <= status < 300:
+                self.unavailable_since = None
+            elif self.unavailable_since is None:
                 self.unavailable_since = time.monotonic()
-                self.unavailable.set()
             time.sleep(HEALTH_POLL_S)
 
     def run_probes(self) -> None:

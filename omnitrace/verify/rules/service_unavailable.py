@@ -1,5 +1,9 @@
 """service-unavailable: after the fault, health and requests turn 5xx (or connections are
-refused) within unavailable_s and stay so: a 2xx after the service went down is a failure."""
+refused) within unavailable_s and stay so: a 2xx after the service went down is a failure.
+
+"Stay so" is watched for unavailable_hold_s after the first failed answer: the window must reach
+that far and something must have been asked at or after its end (else inconclusive), so a health
+endpoint that flaps back to 200 within the hold fails instead of passing unwatched."""
 from __future__ import annotations
 
 from omnitrace.verify.rules.base import FAIL, HTTP, INCONCLUSIVE, PASS, Context, Result, Rule
@@ -30,9 +34,26 @@ def check(ctx: Context) -> Result:
                       "the service went down", evidence=[down_ev] + [
                           ctx.cite(f"{r.describe()} answered {r.outcome()} at {ctx.at(r.end)}",
                                    r.end, r.ref) for r in back[:5]])
-    return Result(PASS, ctx.seconds(down.end), summary="unavailable and stayed so",
-                  evidence=[down_ev])
+    unwatched = _hold_unwatched(ctx, down, after)
+    if unwatched:
+        return Result(INCONCLUSIVE, ctx.seconds(down.end), summary=unwatched, evidence=[down_ev])
+    return Result(PASS, ctx.seconds(down.end), summary="unavailable and stayed so for the "
+                  f"{ctx.thresholds['unavailable_hold_s']:g} s hold", evidence=[down_ev])
+
+
+def _hold_unwatched(ctx: Context, down, after) -> str:
+    """Why "stayed unavailable" was not watched for the whole hold ('' when it was)."""
+    hold_s = ctx.thresholds["unavailable_hold_s"]
+    hold_end = down.end + int(hold_s * 1e9)
+    if ctx.end < hold_end:
+        return (f"went down at {ctx.at(down.end)}, but the window ends at {ctx.at(ctx.end)}, "
+                f"before the {hold_s:g} s hold was watched")
+    last = max(r.end for r in after)
+    if last < hold_end:
+        return (f"went down at {ctx.at(down.end)}; nothing was asked after {ctx.at(last)}, so "
+                f"staying down for the {hold_s:g} s hold was not watched (health prober off?)")
+    return ""
 
 
 RULE = Rule("service-unavailable", "health and requests turn 5xx or refused within the limit "
-            "and stay so", ("unavailable_s",), (HTTP,), check)
+            "and stay so", ("unavailable_s", "unavailable_hold_s"), (HTTP,), check)
