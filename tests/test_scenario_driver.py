@@ -1,0 +1,76 @@
+"""The scenario driver's load phase: it injects only while a stream is open, and says plainly
+when a fast server answers every request before one can be caught in flight."""
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from omnitrace.inject.load import RequestShape
+from omnitrace.inject.scenario import Driver, Plan
+from omnitrace.inject.server import ServerFailed
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Answers a stream at once, unless max_tokens asks for more than 100 tokens: then it sends
+    one event and holds the stream open until the test releases it."""
+    protocol_version = "HTTP/1.1"
+    release = threading.Event()
+
+    def do_POST(self):
+        import json
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n')
+        self.wfile.flush()
+        if body.get("max_tokens", 0) > 100:
+            self.release.wait(30)
+        self.wfile.write(b"data: [DONE]\n\n")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def server():
+    Handler.release.clear()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    Handler.release.set()
+    httpd.shutdown()
+
+
+def driver(url, shape):
+    plan = Plan(row="under-load/sigkill/serve", fault="SIGKILL", target="serve", load=True,
+                observe_s=10, serve="true", port=0, url=url, load_kind="chat-stream",
+                load_rate=50, load_requests=3, load_concurrency=3, shape=shape,
+                in_flight_timeout_s=20)
+    d = Driver(plan)
+    d.model = "m"
+    return d
+
+
+def test_a_server_that_never_streams_is_reported_not_injected():
+    """Every request ends before a stream opens (here: nothing listens): the driver refuses to
+    inject under a load that is not there, and says why."""
+    from omnitrace.inject.server import free_port
+    d = driver(f"http://127.0.0.1:{free_port()}", RequestShape(max_tokens=8))
+    with pytest.raises(ServerFailed, match="no request was in flight.*3 of 3 load requests ended"):
+        d.start_load()
+    assert sorted(r.end_reason for r in d.load.results) == ["refused"] * 3
+
+
+def test_longer_requests_are_caught_in_flight(server):
+    d = driver(server, RequestShape(max_tokens=400, ignore_eos=True))
+    d.start_load()                      # returns only while a stream is open
+    assert d.load.streaming >= 1
+    Handler.release.set()
+    d.load_thread.join(20)
+    assert sorted(r.end_reason for r in d.load.results) == ["completed"] * 3
