@@ -66,3 +66,14 @@ def test_inflight_request_open_at_the_window_end_is_a_hang_only_past_fail_fast_s
             event.attributes["omnitrace.scenario"] = "under-load/sigkill/serve"
     rule = verdicts(b)["inflight-fail-fast"]
     assert rule.verdict == "inconclusive"
+
+
+def test_gpu_released_counts_memory_listed_again_after_a_first_release():
+    """pid 102 is listed with 0 at +0.31 s, then with 0.2 GiB from +5 s to the end (a worker
+    that took memory again, or a driver still holding its context): within the device's
+    tolerance, so only the per-process limit sees it. No pid of the tree may hold memory then."""
+    b = sigkill_serve(server())
+    b.gpu_proc(0, 102, 0.2, FAULT + 5.0)
+    rule = verdicts(b)["gpu-released"]
+    assert rule.verdict == "fail"
+    assert "pid 102" in rule.evidence[0].text and "still holds 0.20 GiB" in rule.evidence[0].text

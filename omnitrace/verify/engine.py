@@ -6,8 +6,9 @@
 Rules read the scenario's window (omnitrace/model/window.py): the recording cut at the window's
 end, so nothing after it (the runner's clean-up) decides a verdict. Before a rule runs, the engine
 makes its verdict inconclusive when the scenario lacks what every rule needs (a fault time, a
-server), when a source the rule rests on did not run, or when events of such a source were lost
-inside the scenario's window.
+server), when a source the rule rests on did not run, when events of such a source were lost
+inside the scenario's window, or when the state the rule claims changes (its `before`) was not
+seen before the fault.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from omnitrace.timeline import Timeline
 from omnitrace.verify.matrix import Matrix, Row
 from omnitrace.verify.report import Report, RuleVerdict, ScenarioReport
 from omnitrace.verify.rules import RULES
-from omnitrace.verify.rules.base import INCONCLUSIVE, Context, Result, Rule
+from omnitrace.verify.rules.base import INCONCLUSIVE, PASS, Context, Result, Rule
 
 
 def verify_timeline(timeline: Timeline, matrix: Matrix, scenario_glob: str | None = None) -> Report:
@@ -53,9 +54,25 @@ def _check_scenario(model: Model, matrix: Matrix, scenario: Scenario) -> Scenari
     window = Window(model, scenario)   # every rule decides from the window only
     for rule_id in row.rules:
         rule = RULES[rule_id]
-        result = _precheck(model, scenario, rule) or rule.check(Context(window, row.thresholds))
+        ctx = Context(window, row.thresholds)
+        result = _precheck(model, scenario, rule) or _check(ctx, rule)
         report.rules.append(_verdict(rule, row, result))
     return report
+
+
+def _check(ctx: Context, rule: Rule) -> Result:
+    """The rule's verdict, once what it claims changes was seen before the fault; a pass cites
+    that "before" first."""
+    seen = []
+    for before in rule.before:
+        evidence = before(ctx)
+        if isinstance(evidence, str):
+            return Result(INCONCLUSIVE, summary=evidence)
+        seen.append(evidence)
+    result = rule.check(ctx)
+    if result.verdict == PASS:
+        result.evidence = seen + result.evidence
+    return result
 
 
 def _precheck(model: Model, scenario: Scenario, rule: Rule) -> Result | None:

@@ -1,8 +1,10 @@
 """What every rule shares: the verdict, its evidence, and the context it checks.
 
-A rule is a module with RULE = Rule(id, title, thresholds, sources, check). check(ctx) returns a
-Result; the engine turns missing sources, and events of those sources lost inside the scenario's
-window, into "inconclusive" before calling it, so a rule only decides from evidence that exists. Composition takes the worst (Jepsen's checkers).
+A rule is a module with RULE = Rule(id, title, thresholds, sources, check, before=...). check(ctx)
+returns a Result; the engine turns missing sources, events of those sources lost inside the
+scenario's window, and a "before" (the state the rule claims changes) not seen before the fault,
+into "inconclusive" before calling it, so a rule only decides from evidence that exists.
+Composition takes the worst (Jepsen's checkers).
 """
 from __future__ import annotations
 
@@ -119,6 +121,11 @@ class Context:
         return None
 
 
+# A state a rule's claim changes, which must be seen before the fault ("the before rule"): the
+# evidence that it was, or the reason it was not (the verdict is then inconclusive).
+Before = Callable[[Context], "Evidence | str"]
+
+
 @dataclass(frozen=True)
 class Rule:
     id: str
@@ -127,6 +134,22 @@ class Rule:
     sources: tuple[tuple[str, ...], ...]  # each entry: one of these sources must have run
     check: Callable[[Context], Result]
     unit: str = "s"
+    before: tuple[Before, ...] = ()      # what the engine must see before the fault first
+
+
+def served_before(ctx: Context) -> Evidence | str:
+    """The last complete 2xx this server gave before the fault (since it started): it was
+    serving, so a failure after the fault is a change. A prober pointed at the wrong port, or a
+    server already broken, gives none."""
+    since = ctx.scenario.server.start
+    served = [r for r in ctx.requests if r.succeeded and r.end <= ctx.fault_t
+              and (since is None or r.t >= since)]
+    if not served:
+        return ("no 2xx answer from the server before the fault was recorded: nothing shows it was "
+                "serving, so no change can be shown (is the prober or the load pointed at it?)")
+    last = max(served, key=lambda r: r.end)
+    return ctx.cite(f"before the fault: {last.describe()} answered {last.outcome()} at "
+                    f"{ctx.at(last.end)}", last.end, last.ref)
 
 
 def fate(ctx: Context, proc: Process) -> str:

@@ -3,7 +3,8 @@ fail_fast_s. A 2xx is a request the fault did not interrupt; a client timeout, o
 open at the scenario's end once the limit has passed, is a hang."""
 from __future__ import annotations
 
-from omnitrace.verify.rules.base import FAIL, HTTP, INCONCLUSIVE, PASS, Context, Result, Rule
+from omnitrace.verify.rules.base import (FAIL, HTTP, INCONCLUSIVE, PASS, Context, Result, Rule,
+                                         served_before)
 
 
 def check(ctx: Context) -> Result:
@@ -43,4 +44,4 @@ def check(ctx: Context) -> Result:
 
 
 RULE = Rule("inflight-fail-fast", "requests in flight at the fault fail (5xx or connection "
-            "error) within the limit", ("fail_fast_s",), (HTTP,), check)
+            "error) within the limit", ("fail_fast_s",), (HTTP,), check, before=(served_before,))

@@ -6,8 +6,11 @@ until the hog is gone. Each missing piece of evidence makes the verdict inconclu
 """
 from __future__ import annotations
 
+from functools import partial
+
 from omnitrace.verify.rules.base import (FAIL, HTTP, INCONCLUSIVE, PASS, Context, Result, Rule,
-                                         worst)
+                                         served_before, worst)
+from omnitrace.verify.rules.gpu_released import tree_held_gpu
 
 CHAT_KINDS = ("chat", "chat-stream")
 
@@ -100,4 +103,6 @@ def check(ctx: Context) -> Result:
 
 
 RULE = Rule("oom-contract", "under OOM: health 503, chat and speech >= 500 with an OpenAI error "
-            "body, server alive", ("oom_s", "oom_health_s"), (HTTP,), check)
+            "body, server alive", ("oom_s", "oom_health_s"), (HTTP,), check,
+            before=(served_before, partial(tree_held_gpu, consequence="the hog took memory the "
+                                           "server does not use")))

@@ -6,7 +6,8 @@ that far and something must have been asked at or after its end (else inconclusi
 endpoint that flaps back to 200 within the hold fails instead of passing unwatched."""
 from __future__ import annotations
 
-from omnitrace.verify.rules.base import FAIL, HTTP, INCONCLUSIVE, PASS, Context, Result, Rule
+from omnitrace.verify.rules.base import (FAIL, HTTP, INCONCLUSIVE, PASS, Context, Result, Rule,
+                                         served_before)
 
 
 def check(ctx: Context) -> Result:
@@ -56,4 +57,5 @@ def _hold_unwatched(ctx: Context, down, after) -> str:
 
 
 RULE = Rule("service-unavailable", "health and requests turn 5xx or refused within the limit "
-            "and stay so", ("unavailable_s", "unavailable_hold_s"), (HTTP,), check)
+            "and stay so", ("unavailable_s", "unavailable_hold_s"), (HTTP,), check,
+            before=(served_before,))

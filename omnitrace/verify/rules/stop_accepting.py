@@ -2,7 +2,8 @@
 2xx. Measured: when the last new request that was still served had started."""
 from __future__ import annotations
 
-from omnitrace.verify.rules.base import FAIL, HTTP, INCONCLUSIVE, PASS, Context, Result, Rule
+from omnitrace.verify.rules.base import (FAIL, HTTP, INCONCLUSIVE, PASS, Context, Result, Rule,
+                                         served_before)
 
 
 def check(ctx: Context) -> Result:
@@ -26,4 +27,4 @@ def check(ctx: Context) -> Result:
 
 
 RULE = Rule("stop-accepting", "no new request is served after the grace period following "
-            "SIGTERM", ("stop_accepting_s",), (HTTP,), check)
+            "SIGTERM", ("stop_accepting_s",), (HTTP,), check, before=(served_before,))
