@@ -222,3 +222,32 @@ def test_worker_target_uses_the_matrix_patterns(own_titled_server):
     assert mine.stdout.strip() == f"sent SIGTERM to {worker.pid}"
     wait_for(lambda: is_gone(worker.pid), 10, "the worker gone")
     assert proc.poll() is None, "only the worker was signalled"
+
+
+class _Titled:
+    """Just what select() reads of a psutil.Process: its name and cmdline."""
+
+    def __init__(self, pid, title):
+        self.pid, self.title = pid, title
+
+    def name(self):
+        return self.title[:15]
+
+    def cmdline(self):
+        return [self.title]
+
+
+def test_worker_target_is_the_worker_not_the_engine_core_before_it():
+    """Real vLLM's breadth-first tree lists VLLM::EngineCore before its VLLM::Worker, and the
+    seed's `VLLM::` pattern matches both: a worker row must signal the worker."""
+    from omnitrace.inject.signals import select
+    from omnitrace.model.roles import RolePatterns
+    tree = [_Titled(100, "vllm serve /m"),
+            _Titled(101, "python3 -B -c from multiprocessing.resource_tracker import main"),
+            _Titled(102, "VLLM::EngineCore"), _Titled(103, "VLLM::Worker")]
+    for patterns in (RolePatterns(), RolePatterns(worker=["VLLM::Worker"], engine=["EngineCore"])):
+        assert [p.pid for p in select(tree, "worker", patterns)] == [103]
+    # a tree whose only worker-like processes are engines (the testbed's stages): the first one
+    stages = [_Titled(200, "serve"), _Titled(201, "VLLM::StageEngineCoreProc_thinker"),
+              _Titled(202, "VLLM::StageEngineCoreProc_talker")]
+    assert [p.pid for p in select(stages, "worker")] == [201]

@@ -61,6 +61,25 @@ def test_an_engine_is_a_worker_named_process_whose_children_hold_the_gpu():
     assert roles.of(model.process(101)) == "engine" and roles.of(model.process(102)) == "worker"
 
 
+def test_real_vllm_roles_on_a_machine_without_gpu():
+    """vLLM 0.32's CPU tree (measured): the API server `vllm ... serve`, the resource tracker,
+    VLLM::EngineCore and below it VLLM::Worker; no GPU holders, and the seed's `VLLM::` pattern
+    matches the engine core too. The engine core orchestrates the worker: it is the engine."""
+    b = TimelineBuilder()
+    b.spawn(100, 1, "vllm", 0, cmdline=["python3", "/v/bin/vllm", "serve", "/m"], ports=[8000])
+    b.spawn(101, 100, "python3", 1, cmdline=["python3", "-B", "-c",
+                                            "from multiprocessing.resource_tracker import main"])
+    b.spawn(102, 100, "VLLM::EngineCor", 1, cmdline=["VLLM::EngineCore"])
+    b.spawn(103, 102, "VLLM::Worker", 2, cmdline=["VLLM::Worker"])
+    b.spawn(104, 103, "cc1plus", 3)
+    model = build_model(b.timeline())
+    for patterns in (RolePatterns(), RolePatterns(worker=["VLLM::Worker"],
+                                                  engine=["VLLM::EngineCore"])):
+        roles = assign_roles(model, model.process(100), patterns)
+        assert {p.pid: roles.of(p) for p in roles.tree} == {
+            100: "serve", 101: "helper", 102: "engine", 103: "worker", 104: "other"}
+
+
 def test_without_marks_a_fatal_signal_from_outside_the_tree_starts_a_scenario():
     b = server()
     b.health(3.0, FAULT, 0.5)

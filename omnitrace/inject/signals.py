@@ -2,8 +2,8 @@
 
 The tree is `[root] + root.children(recursive=True)` captured at injection time. Roles:
   serve   the root (the API server)
-  worker  the first process in the tree whose name + cmdline matches the matrix's worker or
-          engine patterns (and no helper pattern)
+  worker  the first process in the tree whose name + cmdline matches the matrix's worker
+          patterns and no engine pattern; else the first engine (never a helper)
   all     the root, then each live descendant, ALL_GAP_S apart
   PATTERN any other text: every tree process whose name + cmdline contains it; a number is a pid
 psutil.Process.send_signal checks the create time, so a recycled pid is never signalled.
@@ -19,7 +19,7 @@ import psutil
 from omnitrace.errors import OmnitraceError
 from omnitrace.events import signal_name, signal_number
 from omnitrace.inject import marks
-from omnitrace.inject.roles import PATTERNS, is_worker
+from omnitrace.inject.roles import PATTERNS, worker_rank
 from omnitrace.model.roles import RolePatterns
 
 ALL_GAP_S = 0.1  # upstream's gap between signals for "kill all"
@@ -67,7 +67,9 @@ def select(tree: list[psutil.Process], target: str,
     elif target == "all":
         chosen = list(tree)
     elif target == "worker":
-        chosen = [p for p in tree[1:] if is_worker(describe(p), patterns)][:1]
+        ranked = [(rank, i, p) for i, p in enumerate(tree[1:])
+                  if (rank := worker_rank(describe(p), patterns)) is not None]
+        chosen = [min(ranked, key=lambda r: r[:2])[2]] if ranked else []
     elif target.isdigit():
         pid = int(target)
         _refuse_forbidden(pid, what="--target")

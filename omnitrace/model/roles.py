@@ -51,6 +51,12 @@ def _topmost(model: Model, candidates: list[Process]) -> list[Process]:
     return [p for p in candidates if not any(id(a) in ids for a in model.ancestors(p))]
 
 
+def _orchestrates(model: Model, proc: Process, role: dict[int, str]) -> bool:
+    """Whether a worker-role process has workers below it (its helpers and compilers, role
+    helper or other, do not make it an engine)."""
+    return any(role.get(id(d)) == WORKER for d in model.descendants(proc))
+
+
 @dataclass
 class Roles:
     server: Process
@@ -86,11 +92,12 @@ def assign_roles(model: Model, server: Process, patterns: RolePatterns) -> Roles
             role[id(proc)] = WORKER
         else:
             role[id(proc)] = OTHER
-    # A worker-named process that holds no GPU memory but has GPU-holding workers below it
-    # orchestrates them: it is an engine (vLLM's EngineCore with tensor-parallel workers).
+    # A worker-named process that holds no GPU memory but has workers below it orchestrates
+    # them: it is an engine (vLLM's EngineCore above its VLLM::Worker, with or without a GPU:
+    # the seed's `VLLM::` pattern matches both). A pure engine-pattern match is an engine too.
     for proc in tree[1:]:
         if role[id(proc)] == WORKER and proc.pid not in gpu_holders:
-            below = model.descendants(proc)
-            if any(role.get(id(d)) == WORKER and d.pid in gpu_holders for d in below):
+            if _orchestrates(model, proc, role) or (
+                    matches(proc, patterns.engine) and not matches(proc, patterns.worker)):
                 role[id(proc)] = ENGINE
     return Roles(server=server, tree=tree, role=role)
