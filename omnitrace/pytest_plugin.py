@@ -22,7 +22,8 @@ from __future__ import annotations
 import pytest
 
 from omnitrace.inject import marks, oom
-from omnitrace.inject.load import Load, RequestResult, discover_model
+from omnitrace.inject.gpu_holders import gpu_held_by
+from omnitrace.inject.load import Load, RequestResult, RequestShape, discover_model
 from omnitrace.inject.probes import probe
 from omnitrace.inject.server import Server, become_subreaper, child_env, expand, free_port
 from omnitrace.inject.signals import SignalFault, inject_signal
@@ -39,6 +40,11 @@ def pytest_addoption(parser):
                     help="the server's base URL [default: http://127.0.0.1:{port}]")
     group.addoption("--omnitrace-startup-timeout", type=float, default=120.0, metavar="S",
                     help="seconds to wait for /health 200 [default: 120]")
+    group.addoption("--omnitrace-max-tokens", type=int, default=None, metavar="N",
+                    help="max_tokens of each load request [default: 64]; a fast model needs more "
+                         "to have requests in flight at the fault")
+    group.addoption("--omnitrace-ignore-eos", action="store_true",
+                    help="ask the server to generate past end-of-sequence (vLLM's ignore_eos)")
 
 
 def pytest_configure(config):
@@ -109,6 +115,12 @@ class RunningServer:
     def wait_unavailable(self, timeout_s: float) -> bool:
         """True once /health answers anything but 200 or stops answering (polled every 0.5 s)."""
         return _poll(lambda: self.health() != 200, timeout_s, every_s=0.5)
+
+    def holds_gpu(self) -> bool:
+        """Whether a process of the tree holds GPU memory now (the recorder's GPU backend): an
+        OOM test is not applicable to a server on the CPU."""
+        self._server.remember_tree()
+        return gpu_held_by(set(self._server.seen))
 
 
 SETTLE_MAX_S = 10.0
@@ -205,15 +217,19 @@ class BackgroundLoad:
 
 
 @pytest.fixture
-def omnitrace_load(omnitrace_server):
+def omnitrace_load(request, omnitrace_server):
     """Factory: omnitrace_load(kind="mix", rate=4, requests=12, concurrency=8) runs in the
-    background; every request is a span; open requests are cancelled at teardown."""
+    background; every request is a span; open requests are cancelled at teardown. Requests are
+    as long as --omnitrace-max-tokens/--omnitrace-ignore-eos say."""
     started: list[BackgroundLoad] = []
+    options = request.config.option
+    shape = RequestShape(max_tokens=options.omnitrace_max_tokens or RequestShape.max_tokens,
+                         ignore_eos=options.omnitrace_ignore_eos)
 
     def start(kind: str = "mix", rate: float = 4.0, requests: int = 12, concurrency: int = 8,
               timeout_s: float = 20.0) -> BackgroundLoad:
         load = Load(omnitrace_server.url, kind, rate, requests, concurrency, timeout_s,
-                    model=omnitrace_server.model, scenario=omnitrace_server.row)
+                    model=omnitrace_server.model, scenario=omnitrace_server.row, shape=shape)
         started.append(BackgroundLoad(load))
         return started[-1]
     yield start

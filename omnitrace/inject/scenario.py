@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 from opentelemetry.trace import Status, StatusCode
 
 from omnitrace.errors import OmnitraceError
-from omnitrace.gpu import GpuBackendError
 from omnitrace.events import signal_name
 from omnitrace.inject import marks, oom, probes
+from omnitrace.inject.gpu_holders import gpu_held_by
 from omnitrace.inject.load import MIX, Load, RequestShape, discover_model, request_spec, summary_table
 from omnitrace.inject.server import (Server, ServerFailed, become_subreaper, child_env, expand,
                                      health_status)
@@ -83,13 +83,13 @@ class Driver:
     def __init__(self, plan: Plan):
         self.plan, self.t0 = plan, time.monotonic()
         self.outcome = Outcome(plan.row)
-        self.server = Server(expand(plan.serve, plan.port), plan.url)
+        # subtree_is_server: everything the server forks stays below this subreaper (server.py)
+        self.server = Server(expand(plan.serve, plan.port), plan.url, subtree_is_server=True)
         self.load: Load | None = None
         self.load_thread: threading.Thread | None = None
         self.hog: subprocess.Popen | None = None
         self.probes_done = threading.Event()
         self.stop = threading.Event()
-        self._gpu = None   # the GPU backend, opened on first use (False: none here)
         self.unavailable_since: float | None = None
         self.model: str | None = None   # what GET /v1/models named once the server was healthy
         self.absent: dict[str, int] = {}  # request kinds the server has no endpoint for
@@ -212,6 +212,7 @@ class Driver:
         self.hog = oom.start_hog(self.plan.hog_ratio, hold_s=self.plan.observe_s + 30,
                                  scenario=self.plan.row, server_url=self.plan.url,
                                  server_pid=self.outcome.server_pid)
+        self.server.foreign.add(self.hog.pid)  # the driver's own child, not the server's
         self.outcome.fault_pids = [self.hog.pid]
 
     # ------------------------------------------------------------------------------------------
@@ -245,7 +246,8 @@ class Driver:
         # Settled includes reaped: a dead process left a zombie is the outcome still unfolding
         # (a correct parent reaps at once; one that never does must be watched for the window).
         if self.plan.target in ("serve", "all"):
-            return not self.server.alive() and not self.server.zombies() and not self.gpu_held()
+            return (not self.server.alive() and not self.server.zombies() and not self.gpu_held()
+                    and self.unavailable_for(self.plan.unavailable_hold_s))
         if self.plan.fault == "oom":
             targets_gone = self.oom_dwelled()  # the hog is not the server's: it is never "gone"
         else:
@@ -264,21 +266,9 @@ class Driver:
         return since is not None and time.monotonic() - since >= seconds
 
     def gpu_held(self) -> bool:
-        """Whether a process of the server's tree still holds GPU memory, as the recorder's GPU
-        backend sees it (memory can outlive its process: the release is part of the outcome)."""
-        if self._gpu is None:
-            from omnitrace.record.gpu import choose_backend
-            try:
-                self._gpu = choose_backend("auto")[0] or False
-            except OmnitraceError:
-                self._gpu = False
-        if not self._gpu:
-            return False
-        tree = set(self.server.seen)  # the root is in it from start()
-        try:
-            return any(tree & self._gpu.processes(d).keys() for d in range(self._gpu.device_count()))
-        except GpuBackendError:  # a failing query must not hold the row: its window still ends it
-            return False
+        """Whether a process of the server's tree still holds GPU memory (memory can outlive its
+        process: the release is part of the outcome)."""
+        return gpu_held_by(set(self.server.seen))  # the root is in it from start()
 
     def watch_health(self) -> None:
         """For the whole window: when the current run of non-2xx answers began (None while
