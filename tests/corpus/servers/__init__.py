@@ -1,0 +1,1 @@
+"""The corpus's own servers: one defect each, on the shared engine server (tests/corpus/engine.py)."""
