@@ -144,3 +144,34 @@ def test_a_health_endpoint_that_flaps_back_fails_service_unavailable(env, tmp_pa
     assert rule["verdict"] == "fail", cli.stdout[-3000:]
     assert "HTTP 200" in " ".join(e["text"] for e in rule["evidence"])
     assert cli.returncode == 1
+
+
+def processes_with(text: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if text in " ".join(proc.info["cmdline"] or []) and proc.pid != os.getpid():
+            found.append(proc)
+    return found
+
+
+@pytest.mark.parametrize("daemon", ["double-fork", "setsid"])
+def test_a_daemon_forked_before_the_fault_is_residue_and_is_not_left_running(env, tmp_path, daemon):
+    """The daemon was re-parented away from the server before the fault, so it is no descendant
+    of the server's root any more; it is still the server's: the row must watch it, fail
+    no-residue, and leave nothing running."""
+    tag = f"residue-{daemon}-{os.getpid()}-{tmp_path.name}"
+    try:
+        cli, report = matrix_run(tmp_path / "run", "--matrix", str(own_matrix(tmp_path)),
+                                 "--scenarios", "no-load/sigkill/serve", "--serve",
+                                 MINI_SERVER + f" --port {{port}} --daemon {daemon} --tag {tag}",
+                                 env=env)
+        assert report is not None, cli.stdout[-3000:] + cli.stderr[-2000:]
+        rule = next(r for r in report["scenarios"][0]["rules"] if r["id"] == "no-residue")
+        assert rule["verdict"] == "fail", cli.stdout[-3000:]
+        assert "still alive at scenario end" in " ".join(e["text"] for e in rule["evidence"])
+        assert cli.returncode == 1
+        assert "leftover process" in cli.stdout
+        assert not [p for p in processes_with(tag) if not is_gone(p.pid)]
+    finally:
+        for proc in processes_with(tag):
+            proc.kill()

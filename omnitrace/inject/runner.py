@@ -23,11 +23,12 @@ from pathlib import Path
 import psutil
 
 from omnitrace.errors import OmnitraceError
-from omnitrace.inject.server import free_port
+from omnitrace.inject.server import become_subreaper, free_port
 from omnitrace.timeline import TimelineError, read_timeline
 from omnitrace.verify.engine import verify_timeline
 from omnitrace.verify.matrix import BUILTIN, Matrix, Row
 from omnitrace.verify.report import Report
+from omnitrace.verify.rules import FAIL, Evidence
 
 PHASE_LINE = re.compile(r"^omnitrace-phase: (\S+)")
 STARTUP_TIMEOUT_S = 120.0
@@ -93,12 +94,13 @@ def load_args(settings: dict) -> list[str]:
 
 def scenario_command(row: Row, serve: str, port: int, url: str, outcome: Path,
                      record_args: list[str], timeline: Path,
-                     load_settings: dict | None = None, matrix_file: str | None = None) -> list[str]:
+                     load_settings: dict | None = None, matrix_file: str | None = None,
+                     startup_timeout_s: float = STARTUP_TIMEOUT_S) -> list[str]:
     target = row.pattern if row.target == "pattern" and row.pattern else row.target
     driver = [sys.executable, "-m", "omnitrace.inject.scenario", row.id, "--fault", row.fault,
               "--target", target, "--observe", str(row.observe_s), "--serve", serve,
               "--port", str(port), "--url", url, "--report", str(outcome),
-              "--startup-timeout", str(STARTUP_TIMEOUT_S)]
+              "--startup-timeout", str(startup_timeout_s)]
     if row.load:
         driver.append("--load")
     driver += load_args(load_settings or {})
@@ -114,16 +116,16 @@ def scenario_command(row: Row, serve: str, port: int, url: str, outcome: Path,
 
 def run_row(row: Row, index: int, serve: str, url_template: str, out: Path, progress: Progress,
             record_args: list[str], load_settings: dict | None = None,
-            matrix_file: str | None = None) -> RowRun:
+            matrix_file: str | None = None, startup_timeout_s: float = STARTUP_TIMEOUT_S) -> RowRun:
     port = free_port()
     url = url_template.replace("{port}", str(port)).rstrip("/")
     slug = row.id.replace("/", "_")
     run = RowRun(row, out / f"{slug}.jsonl")
     outcome_path = out / f"{slug}.outcome.json"
     argv = scenario_command(row, serve, port, url, outcome_path, record_args, run.timeline,
-                            load_settings, matrix_file)
+                            load_settings, matrix_file, startup_timeout_s)
     t0 = time.monotonic()
-    bound = STARTUP_TIMEOUT_S + row.observe_s + ROW_SLACK_S
+    bound = startup_timeout_s + row.observe_s + ROW_SLACK_S
     log = open(out / f"{slug}.log", "w")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.PIPE, text=True)
     phase = {"now": "recording"}
@@ -132,7 +134,7 @@ def run_row(row: Row, index: int, serve: str, url_template: str, out: Path, prog
     seen: dict[int, psutil.Process] = {}
     try:
         while proc.poll() is None:
-            _remember(proc.pid, seen)
+            _remember(seen)
             elapsed = time.monotonic() - t0
             progress.show(index, row.id, phase["now"], elapsed)
             if elapsed > bound:
@@ -170,9 +172,11 @@ def _read_phases(proc: subprocess.Popen, log, phase: dict) -> None:
             phase["now"] = match.group(1)
 
 
-def _remember(root: int, seen: dict[int, psutil.Process]) -> None:
+def _remember(seen: dict[int, psutil.Process]) -> None:
+    """Everything below the runner: the recording, its driver and server, and (the runner being a
+    subreaper) whatever they orphaned, which the kernel hands to the runner instead of pid 1."""
     try:
-        for child in psutil.Process(root).children(recursive=True):
+        for child in psutil.Process().children(recursive=True):
             seen.setdefault(child.pid, child)
     except psutil.NoSuchProcess:
         pass
@@ -222,8 +226,25 @@ def verify_runs(runs: list[RowRun], matrix: Matrix) -> Report:
         row_report = verify_timeline(timeline, matrix, scenario_glob=run.row.id)
         if not row_report.scenarios:
             report.warnings.append(f"{run.row.id}: verify found no scenario in {run.timeline}")
+        for scenario in row_report.scenarios:
+            residue_left(run, scenario)
         report.scenarios.extend(row_report.scenarios)
     return report
+
+
+def residue_left(run: RowRun, scenario) -> None:
+    """A serve/all row must leave nothing of the server: a process still running when the row
+    ended (the driver's clean-up or the runner's sweep had to kill it) fails no-residue, whatever
+    the window could decide (it may have ended before the limit)."""
+    left = run.outcome.get("leftovers", []) + run.swept
+    rule = next((r for r in scenario.rules if r.id == "no-residue"), None)
+    if run.row.target not in ("serve", "all") or not left or rule is None or rule.verdict == FAIL:
+        return
+    rule.summary = (f"{len(left)} process(es) of the server's tree still ran when the row ended "
+                    f"(the window alone said {rule.verdict}: {rule.summary})")
+    rule.verdict = FAIL
+    rule.evidence = [Evidence(f"pid {line} still running at the end of the row; the clean-up "
+                              "killed it") for line in left] + rule.evidence
 
 
 def exit_code(report: Report, runs: list[RowRun], rows: list[Row]) -> int:
@@ -236,8 +257,10 @@ def exit_code(report: Report, runs: list[RowRun], rows: list[Row]) -> int:
 
 def run_matrix(matrix: Matrix, serve: str | None, url: str | None, glob: str | None,
                out: str | None, record_args: list[str], load_overrides: dict | None = None,
+               startup_timeout_s: float = STARTUP_TIMEOUT_S,
                ) -> tuple[Report, list[RowRun], int, Path | None]:
     rows = select_rows(matrix, glob)
+    become_subreaper()  # what a row orphans comes to the runner, which sweeps it (_remember)
     settings = {**matrix.load_settings, **{k: v for k, v in (load_overrides or {}).items()
                                            if v is not None}}
     keep = out is not None
@@ -249,7 +272,7 @@ def run_matrix(matrix: Matrix, serve: str | None, url: str | None, glob: str | N
         for index, row in enumerate(rows, start=1):
             runs.append(run_row(row, index, serve or testbed_command(),
                                 url or "http://127.0.0.1:{port}", directory, progress, record_args,
-                                settings, matrix_source(matrix)))
+                                settings, matrix_source(matrix), startup_timeout_s))
         report = verify_runs(runs, matrix)
         if keep:
             (directory / "report.json").write_text(json.dumps(report.to_dict(), indent=2))

@@ -77,6 +77,10 @@ class Server:
     url: str
     proc: subprocess.Popen | None = None
     seen: dict[int, psutil.Process] = field(default_factory=dict)  # every tree member ever seen
+    # The scenario driver's whole subtree is the server's (see remember_tree); a process with
+    # children of its own (pytest) follows the root's descendants only.
+    subtree_is_server: bool = False
+    foreign: set[int] = field(default_factory=set)  # the driver's own other children (the hog)
 
     def start(self, env: dict[str, str] | None = None) -> int:
         self.proc = subprocess.Popen(self.argv, start_new_session=True, env=env)
@@ -98,12 +102,22 @@ class Server:
                            f"check the server command or raise --startup-timeout")
 
     def remember_tree(self) -> None:
-        """Add the current descendants; orphans re-parented away are still known by pid."""
-        try:
-            for child in psutil.Process(self.proc.pid).children(recursive=True):
-                self.seen.setdefault(child.pid, child)
-        except psutil.NoSuchProcess:
-            pass
+        """Add every process of the server's tree now running; once seen, a member stays known.
+
+        With subtree_is_server (the scenario driver), the tree is this process's descendants
+        minus what it started for itself (`foreign`): this process is the server's parent and
+        its subreaper (become_subreaper), and the kernel hands an orphan to its nearest subreaper
+        ancestor, so nothing the server ever forks can leave this subtree: a double-forked
+        daemon, one that called setsid (a new session keeps its parent), or one re-parented from
+        an exited middle process all end up here. The root's own descendants alone would miss
+        them: they are no longer below the root."""
+        tops = _children(psutil.Process()) if self.subtree_is_server else [self.seen[self.proc.pid]]
+        for child in tops:
+            if child.pid in self.foreign:
+                continue
+            self.seen.setdefault(child.pid, child)
+            for member in _children(child, recursive=True):
+                self.seen.setdefault(member.pid, member)
 
     def alive(self) -> list[psutil.Process]:
         """Seen members still running (a zombie has exited: it counts as gone)."""
@@ -162,6 +176,13 @@ class Server:
             except subprocess.TimeoutExpired:
                 pass
         return killed
+
+
+def _children(proc: psutil.Process, recursive: bool = False) -> list[psutil.Process]:
+    try:
+        return proc.children(recursive=recursive)
+    except psutil.NoSuchProcess:
+        return []
 
 
 def become_subreaper() -> bool:

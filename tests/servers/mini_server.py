@@ -7,7 +7,7 @@ tests: real fork, real signals, real HTTP (stdlib only, plus setproctitle for th
   /v1/chat/completions (200 while the worker lives, else 503). SIGTERM/SIGINT: it stops its worker,
   reaps it and exits 0.
 - The worker is a forked child titled --worker-title (default "VLLM::MiniWorker"); it exits on
-  SIGTERM and dies of SIGKILL; the root reaps it.
+  SIGTERM, dies of SIGKILL, and dies with the root (PR_SET_PDEATHSIG); the root reaps it.
 Defects:
 - --flap-after S: S seconds after the worker died, /health answers 200 again (a health endpoint
   that flaps back: the service did not stay unavailable).
@@ -35,6 +35,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--flap-after", type=float, default=None)
     ap.add_argument("--daemon", choices=["double-fork", "setsid"], default=None)
     ap.add_argument("--lifetime", type=float, default=300.0)
+    ap.add_argument("--tag", default="", help="ignored: lets a test find its processes by cmdline")
     return ap.parse_args()
 
 
@@ -47,7 +48,10 @@ def live_until(deadline: float) -> None:
 def fork_worker(title: str, deadline: float) -> int:
     pid = os.fork()
     if pid == 0:
+        import ctypes
         import setproctitle
+        PR_SET_PDEATHSIG = 1  # a correct stage follows its server: it dies when the root dies
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
         setproctitle.setproctitle(title)
         live_until(deadline)
