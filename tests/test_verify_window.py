@@ -139,3 +139,34 @@ def test_the_window_view_cuts_exits_reaps_signals_answers_and_gpu_samples():
     assert window.model.gpu.devices[0].times[-1] <= scenario.end
     assert window.model.t_end == scenario.end
     assert window.model.first_after("exit", scenario.end - 1) is None
+
+
+def test_no_zombies_decides_a_settled_worker_row_from_the_window():
+    """A worker row that settled early: the killed stage was reaped in the window; the server and
+    the other stages rightly run on, and only the runner's clean-up ends them. Before the window
+    rule, that clean-up's reaps made this pass; now what the window shows does."""
+    row = "no-load/sigkill/worker"                    # residue_s 30
+    b = server()
+    b.health(3.0, FAULT, 0.5)
+    b.signal(INJECTOR, 102, 9, FAULT)
+    b.exit(102, FAULT + 0.001)
+    b.reap(SERVE, 102, FAULT + 0.05, sig=9)
+    b.health(FAULT + 0.25, FAULT + 8.0, 0.5, status=503)
+    b.mark("scenario", 9.0, FAULT + 8.0, scenario=row, server_pid=SERVE)
+    b.mark("fault", FAULT, FAULT, scenario=row, fault_signal="SIGKILL", fault_target="worker",
+           fault_pids=[102])
+    _cleanup(b, FAULT + 8.0, [103, 104, TRACKER, SERVE])
+    rule = verdicts(b)["no-zombies"]
+    assert rule.verdict == "pass" and rule.measured == pytest.approx(0.05)
+    assert "4 process(es) of the tree still running at scenario end +8.00 s" in rule.evidence[1].text
+
+
+def test_a_zombie_reaped_only_by_the_cleanup_says_so():
+    """Exited in the window, unreaped at its end (window past the limit), reaped by the clean-up."""
+    b = orphan_after_sigkill(cleanup=False)
+    b.exit(102, 40.0)                              # +30 s, at the limit; nobody reaps it
+    b.reap(HARNESS, 102, 46.0)                      # the clean-up, after the window
+    rule = verdicts(b)["no-zombies"]
+    assert rule.verdict == "fail"
+    assert rule.evidence[0].text.endswith("not reaped by scenario end +35.00 s; reaped at +36.00 s, "
+                                          "after the window")

@@ -51,7 +51,8 @@ def _requests(ctx: Context, oom_end: int, kinds: tuple[str, ...], label: str):
         text = f"{r.describe()} at {ctx.at(r.t)}: {r.outcome()} after {(end - r.t) / 1e9:.2f} s"
         if r.end is None and end - r.t <= limit_ns:
             verdicts.append(INCONCLUSIVE)   # not answered yet, but not late yet either
-            evidence.append(ctx.cite(text + f": still open at the window's end, before the "
+            evidence.append(ctx.cite(f"{r.describe()} at {ctx.at(r.t)}: still open at the "
+                                     f"window's end {ctx.at(ctx.end)}, before the "
                                      f"{ctx.thresholds['oom_s']:g} s limit", r.t, r.ref))
         elif r.end is None or r.timed_out or end - r.t > limit_ns:
             verdicts.append(FAIL)
@@ -78,8 +79,9 @@ def _server_alive(ctx: Context, oom_end: int):
     if server.exit_t is not None and server.exit_t <= oom_end:
         return FAIL, ctx.cite(f"server {server.label()} exited at {ctx.at(server.exit_t)} under OOM",
                               server.exit_t, server.exit_ref, server)
-    return PASS, ctx.cite(f"server {server.label()} alive until the hog ended at "
-                          f"{ctx.at(oom_end)}", oom_end, None, server)
+    until = "the hog ended" if oom_end < ctx.end else "the window's end, the hog still running"
+    return PASS, ctx.cite(f"server {server.label()} alive until {until} at {ctx.at(oom_end)}",
+                          oom_end, None, server)
 
 
 def check(ctx: Context) -> Result:

@@ -15,8 +15,10 @@ def check(ctx: Context) -> Result:
     exited = [p for p in tree if p.exit_t is not None and p.exit_t <= limit]
     if not exited:
         return Result(INCONCLUSIVE, summary="no process of the tree exited by the limit")
-    # A short window still decides when everything was reaped inside it.
-    if ctx.end < limit and any(p.reap_t is None or p.exit_t is None for p in tree):
+    # A short window (a row that settled early) still decides when every process that exited
+    # in it was reaped in it: one still running at its end is no zombie (a worker row's server
+    # rightly runs on), and what it does after the window is not the fault's outcome.
+    if ctx.end < limit and any(p.reap_t is None for p in exited):
         return Result(INCONCLUSIVE, summary=f"the window ends at {ctx.at(ctx.end)}, before the "
                       "limit, with processes not yet reaped")
     if not ctx.model.source_ran("kernel"):
@@ -32,14 +34,27 @@ def check(ctx: Context) -> Result:
     if unreaped:
         return Result(FAIL, measured, summary=f"{len(unreaped)} zombie(s) not reaped by the limit",
                       evidence=[ctx.cite(f"{p.label()} exited at {ctx.at(p.exit_t)}, parent "
-                                         f"{p.parent_at(p.exit_t)}, "
-                                         + (f"reaped only at {ctx.at(p.reap_t)}" if p.reap_t
-                                            else "never reaped"), p.exit_t, p.exit_ref, p)
-                                for p in unreaped])
+                                         f"{p.parent_at(p.exit_t)}, {_reaped(ctx, p)}", p.exit_t,
+                                         p.exit_ref, p) for p in unreaped])
     last = max(exited, key=lambda p: p.reap_t)
+    evidence = [ctx.cite(f"last reap: {last.label()} by {last.reaped_by} at "
+                         f"{ctx.at(last.reap_t)}", last.reap_t, last.reap_ref, last)]
+    running = [p for p in tree if p.exit_t is None]
+    if running:
+        evidence.append(ctx.cite(f"{len(running)} process(es) of the tree still running at "
+                                 f"scenario end {ctx.at(ctx.end)}: not zombies"))
     return Result(PASS, measured, summary=f"{len(exited)} exited process(es) all reaped",
-                  evidence=[ctx.cite(f"last reap: {last.label()} by {last.reaped_by} at "
-                                     f"{ctx.at(last.reap_t)}", last.reap_t, last.reap_ref, last)])
+                  evidence=evidence)
+
+
+def _reaped(ctx: Context, proc) -> str:
+    if proc.reap_t is not None:
+        return f"reaped only at {ctx.at(proc.reap_t)}"
+    later = ctx.window.original(proc).reap_t
+    if later is None:
+        return "never reaped"
+    return (f"not reaped by scenario end {ctx.at(ctx.end)}; reaped at {ctx.at(later)}, after "
+            "the window")
 
 
 RULE = Rule("no-zombies", "every exited process of the tree is reaped within the limit",
