@@ -23,7 +23,7 @@ vllm:
 VLLM_OUT ?= out/vllm-matrix
 vllm-matrix: setup vllm
 	$(VENV)/bin/omnitrace matrix run --matrix examples/vllm-cpu/matrix.yaml \
-	    --serve 'scripts/vllm-serve.sh {port}' --out $(VLLM_OUT)
+	    --serve 'scripts/vllm-serve.sh {port}' --startup-timeout 400 --out $(VLLM_OUT)
 
 # Figures for docs/performance.md: recorder storms and slowdown (root), 1M-event read and verify.
 bench: setup

@@ -111,9 +111,12 @@ def load(url: str, kind: str, rate: float, count: int, concurrency: int, timeout
               help="min_tokens of each load request (vLLM generates at least this many)")
 @click.option("--ignore-eos/--no-ignore-eos", default=None,
               help="ask the server to keep generating past end-of-sequence (vLLM's ignore_eos)")
+@click.option("--startup-timeout", type=click.FloatRange(min=1), default=120.0, show_default=True,
+              help="seconds each row waits for the server's /health 200 (a real engine on a busy "
+                   "CPU machine can take minutes)")
 @click.option("-v", "--verbose", is_flag=True, help="show evidence for passing rules too")
 def matrix_run(serve, url, matrix_file, glob, out, no_bpf, max_tokens, min_tokens, ignore_eos,
-               verbose):
+               startup_timeout, verbose):
     """Run matrix rows against a server, each in its own recording, then verify them.
 
     Exit status as verify: 0 all pass, 1 any failure (or a row that could not run), 2 bad input."""
@@ -123,7 +126,8 @@ def matrix_run(serve, url, matrix_file, glob, out, no_bpf, max_tokens, min_token
     matrix = load_matrix(matrix_file)
     overrides = {"max_tokens": max_tokens, "min_tokens": min_tokens, "ignore_eos": ignore_eos}
     report, runs, code, kept = run_matrix(matrix, serve, url, glob, out,
-                                          ["--no-bpf"] if no_bpf else [], overrides)
+                                          ["--no-bpf"] if no_bpf else [], overrides,
+                                          startup_timeout)
     click.echo(render(report, verbose))
     click.echo("")
     click.echo(runs_table(runs, report))
