@@ -74,3 +74,32 @@ def test_longer_requests_are_caught_in_flight(server):
     Handler.release.set()
     d.load_thread.join(20)
     assert sorted(r.end_reason for r in d.load.results) == ["completed"] * 3
+
+
+def test_a_server_that_never_says_200_is_reported_with_what_it_answered(tmp_path):
+    """A plain web service whose /health answers 503 forever: the start-up failure names the
+    statuses and the last body, not only the timeout."""
+    from omnitrace.inject.server import Server, free_port
+    import sys
+    port = free_port()
+    app = tmp_path / "app.py"
+    app.write_text(
+        "import http.server, sys\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        body = b'warming up: model not loaded'\n"
+        "        self.send_response(503); self.send_header('Content-Length', str(len(body)))\n"
+        "        self.end_headers(); self.wfile.write(body)\n"
+        "    def log_message(self, *a): pass\n"
+        "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n")
+    server = Server([sys.executable, str(app), str(port)], f"http://127.0.0.1:{port}")
+    server.start()
+    try:
+        # long enough for the app to start and answer at least once on a busy machine
+        with pytest.raises(ServerFailed) as failure:
+            server.wait_healthy(15)
+    finally:
+        server.stop()
+    message = str(failure.value)
+    assert "did not answer 200 within 15 s" in message
+    assert "503 x" in message and "warming up: model not loaded" in message

@@ -71,6 +71,31 @@ def health_status(url: str, timeout_s: float = 1.0) -> int | None:
         return None
 
 
+class StartupAnswers:
+    """What /health answered while the server started: counts per status, the last body."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+        self.last_body = ""
+
+    def ask(self, url: str) -> int | None:
+        try:
+            reply = httpx.get(url.rstrip("/") + "/health", timeout=1.0)
+            status, self.last_body = reply.status_code, reply.text[:120]
+        except httpx.HTTPError as exc:
+            status, name = None, type(exc).__name__
+        key = str(status) if status is not None else f"no answer ({name})"
+        self.counts[key] = self.counts.get(key, 0) + 1
+        return status
+
+    def describe(self) -> str:
+        if not self.counts:
+            return "it was never asked"
+        counts = ", ".join(f"{key} x{n}" for key, n in sorted(self.counts.items()))
+        body = f"; last body: {self.last_body.strip()!r}" if self.last_body.strip() else ""
+        return f"/health answered {counts}{body}"
+
+
 @dataclass
 class Server:
     argv: list[str]
@@ -88,18 +113,23 @@ class Server:
         return self.proc.pid
 
     def wait_healthy(self, timeout_s: float) -> float:
-        """Seconds until /health said 200; ServerFailed if it exits or the deadline passes."""
+        """Seconds until /health said 200; ServerFailed if it exits or the deadline passes, saying
+        what /health did answer meanwhile (a server that never says 200 is told apart from one
+        that never listened)."""
         t0 = time.monotonic()
+        answers = StartupAnswers()
         while time.monotonic() - t0 < timeout_s:
             if self.proc.poll() is not None:
                 raise ServerFailed(f"the server exited with status {self.proc.returncode} before "
-                                   f"{self.url}/health answered 200: `{shlex.join(self.argv)}`")
-            if health_status(self.url) == 200:
+                                   f"{self.url}/health answered 200 ({answers.describe()}): "
+                                   f"`{shlex.join(self.argv)}`")
+            if answers.ask(self.url) == 200:
                 self.remember_tree()
                 return time.monotonic() - t0
             time.sleep(0.1)
-        raise ServerFailed(f"{self.url}/health did not answer 200 within {timeout_s:.0f} s; "
-                           f"check the server command or raise --startup-timeout")
+        raise ServerFailed(f"{self.url}/health did not answer 200 within {timeout_s:.0f} s "
+                           f"({answers.describe()}); check the server command or raise "
+                           f"--startup-timeout")
 
     def remember_tree(self) -> None:
         """Add every process of the server's tree now running; once seen, a member stays known.
