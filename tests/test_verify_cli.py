@@ -36,6 +36,14 @@ def test_a_failure_exits_1_and_shows_its_evidence(tmp_path):
     assert "pid 102 VLLM::StageEngineCoreProc_noid_replica0_DP0 re-parented to 1" in result.output
 
 
+def test_the_fault_is_placed_in_the_recording_and_evidence_is_timed_from_it(tmp_path):
+    """'+N s' in evidence is always from the fault: the fault's own time reads otherwise."""
+    result = run(save(tmp_path, sigkill_serve(server(), orphan=True)))
+    assert "(SIGKILL to serve 10.000 s into the recording, server pid 100)" in result.output
+    assert "still alive at scenario end +35.00 s" in result.output
+    assert "at +10.000 s" not in result.output
+
+
 def test_inconclusive_passes_unless_strict(tmp_path):
     path = save(tmp_path, sigkill_serve(server(sources=("kernel", "procfs", "http"))))
     assert run(path).exit_code == 0

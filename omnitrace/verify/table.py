@@ -29,7 +29,10 @@ def render(report: Report, verbose: bool = False) -> str:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     details = []
     for s in report.scenarios:
-        fault = f"{s.fault} to {s.target} at +{s.fault_s:.3f} s" if s.fault_s is not None else s.fault
+        # Evidence times are "+N s" from the fault; the fault itself is placed in the recording,
+        # in other words, so the two are never read as one clock.
+        fault = (f"{s.fault} to {s.target} {s.fault_s:.3f} s into the recording"
+                 if s.fault_s is not None else s.fault)
         for r in s.rules:
             if r.verdict == PASS and not verbose:
                 continue
