@@ -413,6 +413,36 @@ def test_oom_contract_is_inconclusive_without_the_response_body():
     assert verdicts(oom(server(), chat=(500, None)))["oom-contract"].verdict == "inconclusive"
 
 
+def test_oom_speech_on_a_text_model_is_not_applicable_not_a_failure():
+    """vLLM serving a text model answers 404 to /v1/audio/speech (measured): a speech request
+    under OOM answering 404 is no finding when the endpoint was already absent before the fault."""
+    b = server()
+    b.request(FAULT - 3.0, FAULT - 2.9, "speech", status=404)
+    b = oom(b, speech=(404, False))
+    rule = verdicts(b)["oom-contract"]
+    assert rule.verdict == "pass", rule.summary
+    assert any("speech: not applicable" in e.text and "404" in e.text for e in rule.evidence)
+
+
+def test_oom_speech_404_without_a_before_is_still_a_failure():
+    """A 404 under OOM from a server whose speech endpoint answered 2xx before is a failure."""
+    b = server()
+    b.request(FAULT - 3.0, FAULT - 2.9, "speech", status=200)
+    assert verdicts(oom(b, speech=(404, False)))["oom-contract"].verdict == "fail"
+
+
+def test_inflight_says_when_the_server_has_no_endpoint_for_load():
+    b = server()
+    b.request(FAULT - 3.0, FAULT - 2.9, "chat", status=404)   # a plain web service
+    b = sigkill_serve(b)
+    for event in b.events:
+        if getattr(event, "attributes", {}).get("omnitrace.scenario"):
+            event.attributes["omnitrace.scenario"] = "under-load/sigkill/serve"
+    rule = verdicts(b)["inflight-fail-fast"]
+    assert rule.verdict == "inconclusive"
+    assert "no endpoint for load" in rule.summary and "404" in rule.summary
+
+
 def test_graceful_shutdown_accepts_a_signal_reraised_after_the_handler():
     b = server()
     b.signal(INJECTOR, SERVE, 15, FAULT, disposition="handler")

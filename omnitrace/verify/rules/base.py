@@ -152,6 +152,21 @@ def served_before(ctx: Context) -> Evidence | str:
                     f"{ctx.at(last.end)}", last.end, last.ref)
 
 
+NOT_SERVED = (404, 405, 501)   # statuses that say "no such endpoint", not "failed"
+
+
+def endpoint_absent(ctx: Context, kinds: tuple[str, ...]):
+    """The request showing this server has no endpoint for `kinds` (a text model's
+    /v1/audio/speech; a plain web service's /v1/chat/completions): answered 404/405/501 before the
+    fault, with no 2xx to that kind before it either. None when the endpoint exists or nothing
+    says. Such kinds are not applicable: never a failure, never a pass."""
+    before = [r for r in ctx.requests if r.kind in kinds and r.end is not None
+              and r.end <= ctx.fault_t]
+    if any(r.succeeded for r in before):
+        return None
+    return next((r for r in before if r.status in NOT_SERVED), None)
+
+
 def fate(ctx: Context, proc: Process) -> str:
     """How a process of the tree ended up, for evidence: 'pid 4123 VLLM::X re-parented to 1 at
     +0.21 s, still alive at scenario end +35.00 s'."""

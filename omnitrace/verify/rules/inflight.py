@@ -4,13 +4,18 @@ open at the scenario's end once the limit has passed, is a hang."""
 from __future__ import annotations
 
 from omnitrace.verify.rules.base import (FAIL, HTTP, INCONCLUSIVE, PASS, Context, Result, Rule,
-                                         served_before)
+                                         endpoint_absent, served_before)
 
 
 def check(ctx: Context) -> Result:
     open_at_fault = [r for r in ctx.requests if r.kind != "health" and r.t < ctx.fault_t
                      and (r.end is None or r.end > ctx.fault_t)]
     if not open_at_fault:
+        absent = endpoint_absent(ctx, ("chat", "chat-stream", "speech"))
+        if absent is not None and not any(r.kind != "health" and r.succeeded for r in ctx.requests):
+            return Result(INCONCLUSIVE, summary="no request could be in flight: the server has no "
+                          f"endpoint for load ({absent.describe()} answered {absent.status} before "
+                          "the fault)", evidence=[ctx.cite("not applicable", absent.end, absent.ref)])
         return Result(INCONCLUSIVE, summary="no request was in flight at the fault")
     limit = ctx.deadline("fail_fast_s")
     bad, good, undecided, ends = [], [], [], []

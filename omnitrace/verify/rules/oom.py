@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import partial
 
 from omnitrace.verify.rules.base import (FAIL, HTTP, INCONCLUSIVE, PASS, Context, Result, Rule,
-                                         served_before, worst)
+                                         endpoint_absent, served_before, worst)
 from omnitrace.verify.rules.gpu_released import tree_held_gpu
 
 CHAT_KINDS = ("chat", "chat-stream")
@@ -84,11 +84,27 @@ def _server_alive(ctx: Context, oom_end: int):
                           oom_end, None, server)
 
 
+def _applicable_requests(ctx: Context, oom_end: int, kinds: tuple[str, ...], label: str):
+    """As _requests, unless the server has no endpoint for the kind: then not applicable (a
+    pass of this part that says so), never a failure for a 404 (speech on a text model)."""
+    absent = endpoint_absent(ctx, kinds)
+    if absent is None:
+        return _requests(ctx, oom_end, kinds, label)
+    return PASS, [ctx.cite(f"{label}: not applicable, {absent.describe()} answered "
+                           f"{absent.status} at {ctx.at(absent.end)}, before the fault: the server "
+                           "has no such endpoint", absent.end, absent.ref)], []
+
+
 def check(ctx: Context) -> Result:
     oom_end = _hog_end(ctx)
     health = _health(ctx, oom_end)
-    chat = _requests(ctx, oom_end, CHAT_KINDS, "chat")
-    speech = _requests(ctx, oom_end, ("speech",), "speech")
+    chat = _applicable_requests(ctx, oom_end, CHAT_KINDS, "chat")
+    speech = _applicable_requests(ctx, oom_end, ("speech",), "speech")
+    if not chat[2] and not speech[2] and endpoint_absent(ctx, CHAT_KINDS) and \
+            endpoint_absent(ctx, ("speech",)):
+        return Result(INCONCLUSIVE, summary="the server has neither a chat nor a speech endpoint: "
+                      "no request can show how it answers under OOM",
+                      evidence=chat[1] + speech[1])
     alive = _server_alive(ctx, oom_end)
     parts = [health[0], chat[0], speech[0], alive[0]]
     verdict = worst(parts)
