@@ -58,6 +58,11 @@ def test_a_user_file_overrides_thresholds_and_adds_rows(tmp_path):
      "    observe_s: 5\n    rules: [no-such-rule]\n", "rows[0].rules[0]", "unknown rule"),
     ("extends: vllm-omni\nrows:\n  - id: x\n    fault: oom\n", "rows[0].load", "missing"),
     ("extends: vllm-omni\nthresholds: {exit_sec: 3}\n", "thresholds.exit_sec", "unknown key"),
+    ("extends: vllm-omni\nload_settings: {max_tokens: 2.5}\n", "load_settings.max_tokens",
+     "must be an integer >= 1"),
+    ("extends: vllm-omni\nload_settings: {ignore_eos: yes please}\n", "load_settings.ignore_eos",
+     "must be true or false"),
+    ("extends: vllm-omni\nload_settings: {tokens: 3}\n", "load_settings.tokens", "unknown key"),
 ])
 def test_validation_errors_name_file_path_and_problem(tmp_path, body, where, what):
     path = write(tmp_path, body)
@@ -85,3 +90,19 @@ def test_matrix_show_prints_every_row():
     assert result.exit_code == 0
     assert result.output.count("\nno-load/") == 7 and "oom/gpu-hog" in result.output
     assert "residue_s=30" in result.output
+
+
+def test_the_vllm_matrix_shapes_load_and_names_the_real_trees_roles():
+    """examples/vllm-cpu/matrix.yaml: every seed row, 400 tokens past EOS, VLLM::Worker as worker."""
+    from pathlib import Path
+    m = load_matrix(Path(__file__).parent.parent / "examples" / "vllm-cpu" / "matrix.yaml")
+    assert m.name == "vllm-cpu" and len(m.rows) == len(load_matrix(None).rows)
+    assert m.load_settings == {"max_tokens": 400, "ignore_eos": True}
+    assert m.patterns.worker == ["VLLM::Worker"] and "VLLM::EngineCore" in m.patterns.engine
+
+
+def test_scenarios_takes_several_globs_separated_by_commas():
+    from omnitrace.inject.runner import select_rows
+    rows = select_rows(load_matrix(None), "no-load/sigkill/*, oom/*")
+    assert [r.id for r in rows] == ["no-load/sigkill/worker", "no-load/sigkill/serve",
+                                    "no-load/sigkill/all", "oom/gpu-hog"]

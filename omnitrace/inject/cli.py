@@ -101,7 +101,8 @@ def load(url: str, kind: str, rate: float, count: int, concurrency: int, timeout
 @click.option("--matrix", "matrix_file", metavar="FILE", default=None,
               help="a matrix YAML file (default: the built-in vllm-omni matrix)")
 @click.option("--scenarios", "glob", metavar="GLOB", default=None,
-              help="run only rows whose id matches, e.g. 'under-load/*'")
+              help="run only rows whose id matches, e.g. 'under-load/*'; several globs "
+                   "separated by commas")
 @click.option("--out", metavar="DIR", default=None,
               help="keep each row's timeline, log and DIR/report.json here")
 @click.option("--no-bpf", is_flag=True, help="record with procfs polling instead of BPF")

@@ -70,7 +70,9 @@ class Progress:
 
 
 def select_rows(matrix: Matrix, glob: str | None) -> list[Row]:
-    rows = [r for r in matrix.rows if not glob or fnmatchcase(r.id, glob)]
+    """Rows whose id matches the glob, or any of several comma-separated globs."""
+    globs = [g.strip() for g in glob.split(",") if g.strip()] if glob else []
+    rows = [r for r in matrix.rows if not globs or any(fnmatchcase(r.id, g) for g in globs)]
     if not rows:
         raise OmnitraceError(f"--scenarios {glob!r} matches no row of matrix {matrix.name}; "
                              f"`omnitrace matrix show` lists them")
