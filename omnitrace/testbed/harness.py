@@ -132,7 +132,8 @@ def wait_until(predicate, timeout_s: float, step_s: float = 0.02) -> float | Non
 
 class StreamingChat(threading.Thread):
     """A streaming chat request on its own thread; records when each chunk came and how it ended:
-    outcome is "ok" (saw [DONE]), "http <status>", or the exception's class name."""
+    outcome is "ok" (saw [DONE]), "error-event" (an error event in the stream), "truncated",
+    "http <status>", or the exception's class name."""
 
     def __init__(self, url: str, max_tokens: int = 400, timeout_s: float = 60.0, **extra):
         super().__init__(daemon=True)
@@ -157,7 +158,12 @@ class StreamingChat(threading.Thread):
                     if line:
                         self.chunk_times.append(time.monotonic())
                         self.lines.append(line)
-                self.outcome = "ok" if self.lines and self.lines[-1] == "data: [DONE]" else "truncated"
+                if any(line.startswith('data: {"error"') for line in self.lines):
+                    self.outcome = "error-event"   # vLLM's engine failure inside a 200 stream
+                elif self.lines and self.lines[-1] == "data: [DONE]":
+                    self.outcome = "ok"
+                else:
+                    self.outcome = "truncated"
         except Exception as exc:  # the failure is what is being observed
             self.outcome = type(exc).__name__
         finally:

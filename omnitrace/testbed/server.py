@@ -86,15 +86,22 @@ def build_app(config: TestbedConfig, orch: Orchestrator) -> FastAPI:
             orch.abort(req)
             raise
 
-    async def stream(endpoint: str, req: Request, first, encode, trailer: bytes = b""):
-        """Body of a streaming response; `first` was already taken off the queue."""
+    async def stream(endpoint: str, req: Request, first, encode, trailer: bytes = b"",
+                     sse: bool = False):
+        """Body of a streaming response; `first` was already taken off the queue. An engine
+        failure mid-stream ends an SSE stream as vLLM 0.32 does (measured): an error event, then
+        `data: [DONE]`, a clean end; a raw audio stream has no way to say it, so it is cut."""
         event, status = first, "aborted"
         try:
             while event[0] != "done":
                 if event[0] == "error":
                     yield encode(event)
                     log.error("request %s failed mid-stream: %s", req.rid, event[2])
-                    raise StreamAborted(event[2])
+                    if not sse:
+                        raise StreamAborted(event[2])
+                    yield b"data: [DONE]\n\n"
+                    status = event[1]
+                    return
                 yield encode(event)
                 event = await req.events.get()
             yield trailer
@@ -162,7 +169,7 @@ def build_app(config: TestbedConfig, orch: Orchestrator) -> FastAPI:
                     "model": config.model,
                     "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
             trailer = f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n".encode()
-            return StreamingResponse(stream(endpoint, req, first, encode, trailer),
+            return StreamingResponse(stream(endpoint, req, first, encode, trailer, sse=True),
                                      media_type="text/event-stream")
         text, pcm, event = [], [], first
         try:
