@@ -221,3 +221,46 @@ def test_ring_buffer_overflow_is_counted_and_written_as_lost_records():
     assert all(e.source == "kernel" and e.t <= e.end for e in lost)
     # every signal sent is either on the timeline or counted as lost (delivers are extra records)
     assert len(recorded) + source.counters()["lost"] >= 5000
+
+
+LIVES_UNTIL_TOLD = """
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+print(child.pid, flush=True)
+sys.stdin.readline()
+child.kill()
+child.wait()
+"""
+
+
+def test_a_snapshot_read_before_an_exit_and_written_after_it_is_the_same_process(tmp_path):
+    """On a busy machine a procfs snapshot can be read while a process runs and land on the
+    timeline after the kernel's exit and reap records. That is the same process, dead: not a
+    second incarnation of the pid, alive at the end with a start time of its own."""
+    from bisect import bisect_right
+
+    from omnitrace.model.build import build_model
+    from omnitrace.record.procfs import snapshot
+    from tests.recording import kill_session, start_recording
+    path = tmp_path / "late.jsonl"
+    proc = start_recording(path, [sys.executable, "-c", LIVES_UNTIL_TOLD],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(proc.stdout.readline())
+        late = snapshot(pid, "periodic")  # read while it runs...
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            kill_session(proc)
+    timeline = read_timeline(path)
+    fork = one(timeline, ev.Fork, pid=pid, thread=False)
+    reap = one(timeline, ev.Reap, pid=pid)
+    # procfs's start is clock ticks, so it is the kernel's fork time to a tick (a wall-clock
+    # create_time on a whole-second boot time was up to a second off)
+    assert 0 <= fork.t - late.create_time < 20_000_000, (fork.t, late.create_time)
+    late.t = reap.t + 1_000_000  # ...and written after the exit's records
+    timeline.events.insert(bisect_right([e.t for e in timeline.events], late.t), late)
+    (process,) = [p for p in build_model(timeline).processes if p.pid == pid]
+    assert process.start == fork.t and process.exit_t is not None and process.reap_t == reap.t

@@ -97,9 +97,13 @@ class _Builder:
 
     def proc(self, i, e):
         proc = self.current.get(e.pid)
-        if proc is None or (proc.reap_t is not None and proc.reap_t < e.t):
-            start = e.create_time if e.create_time is not None else None
-            proc = self._new(e.pid, start, None)
+        if proc is None or _reused(proc, e):
+            proc = self._new(e.pid, e.create_time, None)
+        elif proc.exit_t is not None and e.state != "zombie":
+            # Read before the exit and written after its record (a busy machine): the same
+            # process, already dead. It names it, but never revives it nor moves it.
+            _describe(proc, e)
+            return
         if e.name:
             _add_name(proc, e.t, e.name)
         if e.cmdline:
@@ -138,6 +142,29 @@ class _Builder:
         request = request_from_span(e, i)
         if request is not None:
             self.model.requests.append(request)
+
+
+TICK_NS = 10_000_000  # procfs start times count clock ticks: USER_HZ is 100 on Linux
+
+
+def _reused(proc: Process, e) -> bool:
+    """Whether a snapshot shows a new process under the pid of one whose exit was recorded.
+
+    Identity is the kernel's fork and exit records plus procfs's start time (clock ticks): only a
+    start after the recorded one (beyond a tick's rounding) and no earlier than the recorded
+    exit is a reused pid. Anything else, a snapshot without a start included, is the same."""
+    ended = proc.exit_t if proc.exit_t is not None else proc.reap_t
+    if ended is None or e.create_time is None:
+        return False
+    after_start = proc.start is None or e.create_time > proc.start + TICK_NS
+    return after_start and e.create_time >= ended - TICK_NS
+
+
+def _describe(proc: Process, e) -> None:
+    if e.name:
+        _add_name(proc, e.t, e.name)
+    if e.cmdline and not proc.cmdline:
+        proc.cmdline = list(e.cmdline)
 
 
 COMM_LEN = 15  # the kernel keeps 15 characters of a name (comm); procfs may show the full title

@@ -24,16 +24,12 @@ DEFAULT_SNAPSHOT_INTERVAL_S = 1.0
 DEFAULT_LIFECYCLE_INTERVAL_S = 0.02
 
 
-def _wall_to_monotonic_ns(wall_s: float) -> int:
-    return int(wall_s * 1e9) - (time.time_ns() - time.monotonic_ns())
-
-
 def snapshot(pid: int, reason: str) -> ev.ProcSnapshot | None:
     """What procfs says of pid now; None when it is gone."""
     try:
         proc = psutil.Process(pid)
         with proc.oneshot():
-            info = proc.as_dict(["ppid", "name", "cmdline", "status", "create_time", "username"])
+            info = proc.as_dict(["ppid", "name", "cmdline", "status", "username"])
             ports = _listening_ports(proc)
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return _zombie_snapshot(pid, reason)
@@ -41,18 +37,26 @@ def snapshot(pid: int, reason: str) -> ev.ProcSnapshot | None:
         return None
     return ev.ProcSnapshot(
         t=time.monotonic_ns(), pid=pid, ppid=info["ppid"] or 0, name=info["name"] or "",
-        cmdline=info["cmdline"] or [], state=info["status"] or "",
-        create_time=_wall_to_monotonic_ns(info["create_time"]) if info["create_time"] else None,
+        cmdline=info["cmdline"] or [], state=info["status"] or "", create_time=_start_ns(pid),
         user=info["username"] or "", ports=ports, reason=reason)
+
+
+def _start_ns(pid: int) -> int | None:
+    """The process's start on the monotonic clock, from /proc/PID/stat's start time in clock
+    ticks: exact to a tick. psutil's create_time is wall-clock, built on a boot time rounded to
+    whole seconds, and lands up to a second off: far enough to look like another process."""
+    stat = read_stat(pid)
+    return _ticks_to_monotonic_ns(stat[2]) if stat else None
 
 
 def _zombie_snapshot(pid: int, reason: str) -> ev.ProcSnapshot | None:
     stat = read_stat(pid)
     if stat is None:
         return None
-    ppid, state, _ = stat
+    ppid, state, start_ticks = stat
     return ev.ProcSnapshot(t=time.monotonic_ns(), pid=pid, ppid=ppid, name="",
-                           state="zombie" if state == "Z" else state, reason=reason)
+                           state="zombie" if state == "Z" else state,
+                           create_time=_ticks_to_monotonic_ns(start_ticks), reason=reason)
 
 
 def _listening_ports(proc: psutil.Process) -> list[int]:
