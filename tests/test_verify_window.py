@@ -136,7 +136,8 @@ def test_the_window_view_cuts_exits_reaps_signals_answers_and_gpu_samples():
     assert window.original(serve).exit_t is not None               # the recording keeps it
     (late_chat,) = [r for r in window.model.requests if r.kind == "chat"]
     assert late_chat.end is None and not late_chat.succeeded
-    assert window.model.gpu.devices[0].times[-1] <= scenario.end
+    assert list(window.model.gpu.devices[0].samples_after(scenario.end - 1)) == []
+    assert list(model.gpu.devices[0].samples_after(scenario.end - 1))     # the recording's are kept
     assert window.model.t_end == scenario.end
     assert window.model.first_after("exit", scenario.end - 1) is None
 

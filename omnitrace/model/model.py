@@ -29,6 +29,7 @@ class Model:
         self.window_end: int | None = None   # set on a scenario's cut view (model/window.py)
         self._by_pid: dict[int, list[Process]] = {}
         self._kind_times: dict[str, list[int]] = {}
+        self._request_starts: list[int] | None = None
 
     def index_child(self, proc: Process) -> None:
         parent = proc.parents[-1].ppid if proc.parents else None
@@ -36,9 +37,12 @@ class Model:
             self.children_of.setdefault(parent, {})[id(proc)] = proc
 
     def finish(self) -> None:
+        self.index_pids()
+        self.requests.sort(key=lambda r: r.t)
+
+    def index_pids(self) -> None:
         for proc in self.processes:
             self._by_pid.setdefault(proc.pid, []).append(proc)
-        self.requests.sort(key=lambda r: r.t)
 
     # --- the recording ----------------------------------------------------------------------------
     @property
@@ -125,6 +129,12 @@ class Model:
         if pos == len(times) or times[pos] > self.t_end:   # none before the end (of a window)
             return None
         return self._kind_index[kind][pos]
+
+    def requests_started_by(self, t: int) -> list[Request]:
+        """The requests sent at or before t (requests are sorted by their start)."""
+        if self._request_starts is None:
+            self._request_starts = [r.t for r in self.requests]
+        return self.requests[:bisect_right(self._request_starts, t)]
 
     def requests_between(self, start: int, end: int) -> list[Request]:
         """Requests that were open at some point in [start, end]."""

@@ -13,10 +13,9 @@ still cites events by their index in the timeline.
 """
 from __future__ import annotations
 
-from bisect import bisect_right
 from dataclasses import replace
 
-from omnitrace.model.gpu import GpuUsage, Series
+from omnitrace.model.gpu import GpuUsage
 from omnitrace.model.http import Request
 from omnitrace.model.model import Model
 from omnitrace.model.process import Process
@@ -59,9 +58,10 @@ class Window:
         for parent, children in recording.children_of.items():
             kept = [self._cut[id(child)] for child in children.values() if self._cut[id(child)]]
             model.children_of[parent] = {id(child): child for child in kept}
-        model.requests = [r for r in (_cut_request(r, self.end) for r in recording.requests) if r]
+        model.requests = [r if r.end is None or r.end <= self.end else _still_open(r)
+                          for r in recording.requests_started_by(self.end)]
         model.gpu = _cut_gpu(recording.gpu, self.end)
-        model.finish()
+        model.index_pids()   # the requests are a prefix of the recording's: already in order
         return model
 
     def _cut_process(self, proc: Process) -> Process | None:
@@ -107,27 +107,18 @@ def _cut_signal(receipt, end: int):
     return replace(receipt, delivered_t=None, disposition=None, deliver_ref=None)
 
 
-def _cut_request(request: Request, end: int) -> Request | None:
-    """Dropped if started after the end; still open (no answer yet) if answered after it."""
-    if request.t > end:
-        return None
-    if request.end is None or request.end <= end:
-        return request
+def _still_open(request: Request) -> Request:
+    """A request answered after the window's end had no answer yet at its end."""
     return replace(request, end=None, status=None, error_type=None, openai_error=None)
-
-
-def _cut_series(series: Series, end: int) -> Series:
-    n = bisect_right(series.times, end)
-    return Series(series.times[:n], series.values[:n], series.refs[:n])
 
 
 def _cut_gpu(gpu: GpuUsage, end: int) -> GpuUsage:
     cut = GpuUsage()
     cut.totals = gpu.totals
-    cut.devices = {device: _cut_series(s, end) for device, s in gpu.devices.items()}
+    cut.devices = {device: s.until(end) for device, s in gpu.devices.items()}
     for pid, devices in gpu.by_pid.items():
-        kept = {device: _cut_series(s, end) for device, s in devices.items()}
-        kept = {device: s for device, s in kept.items() if s.times}
+        kept = {device: s.until(end) for device, s in devices.items()}
+        kept = {device: s for device, s in kept.items() if s.stop}
         if kept:
             cut.by_pid[pid] = kept
     return cut

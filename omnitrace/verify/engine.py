@@ -51,10 +51,9 @@ def _check_scenario(model: Model, matrix: Matrix, scenario: Scenario) -> Scenari
                                         INCONCLUSIVE, None, None, "", f"no row {scenario.id!r} in "
                                         f"matrix {matrix.name}: nothing to check it against", []))
         return report
-    window = Window(model, scenario)   # every rule decides from the window only
+    ctx = Context(Window(model, scenario), row.thresholds)   # every rule decides from the window
     for rule_id in row.rules:
         rule = RULES[rule_id]
-        ctx = Context(window, row.thresholds)
         result = _precheck(model, scenario, rule) or _check(ctx, rule)
         report.rules.append(_verdict(rule, row, result))
     return report
