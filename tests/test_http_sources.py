@@ -188,3 +188,51 @@ def test_testbed_health_turns_503_or_refused_when_a_stage_is_killed(tmp_path):
     # The matrix allows 20 s; at 20 Hz the prober sees the change within a few probes of the
     # testbed noticing its dead stage.
     assert turned.t - kill_t < 5e9, f"health turned {(turned.t - kill_t) / 1e6:.0f} ms after kill"
+
+
+# Serves until the recorder's prober has asked /health six times, then exits.
+PROBED_SIX_TIMES = textwrap.dedent("""
+    import sys, threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    hits = []
+    class Health(BaseHTTPRequestHandler):
+        def log_message(self, *args): pass
+        def do_GET(self):
+            self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+            hits.append(self.path)
+            if hits.count("/health") == 6:
+                threading.Thread(target=server.shutdown).start()
+    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Health)
+    server.serve_forever()
+""")
+
+
+def record_with_health_rate(tmp_path, rate: str, command: list[str], port: int):
+    from omnitrace.timeline import read_timeline
+    path = tmp_path / f"rate-{rate}.jsonl"
+    cli = subprocess.run([sys.executable, "-m", "omnitrace.cli", "record", "-o", str(path),
+                          "--no-bpf", "--gpu", "off", "--no-otlp", "--health-rate", rate,
+                          "--health-url", f"http://127.0.0.1:{port}/health", "--", *command],
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    return read_timeline(path)
+
+
+def test_health_rate_is_the_probing_rate_and_is_in_the_header(tmp_path):
+    from omnitrace.inject.server import free_port
+    port = free_port()
+    timeline = record_with_health_rate(tmp_path, "5", [sys.executable, "-c", PROBED_SIX_TIMES,
+                                                       str(port)], port)
+    assert timeline.header["health_rate_hz"] == 5
+    assert timeline.header["sources"]["health"]["hz"] == 5
+    starts = [e.t for e in timeline.events if e.kind == "span" and e.source == "probe"]
+    assert len(starts) >= 6
+    # never faster than asked (a late probe may make a gap longer, never shorter)
+    assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.19e9
+
+
+def test_health_rate_0_turns_the_prober_off_and_says_so(tmp_path):
+    timeline = record_with_health_rate(tmp_path, "0", [sys.executable, "-c", "pass"], 1)
+    assert timeline.header["health_rate_hz"] == 0
+    assert "health" not in timeline.header["sources"]
+    assert not [e for e in timeline.events if e.kind == "span" and e.source == "probe"]

@@ -115,9 +115,12 @@ def load(url: str, kind: str, rate: float, count: int, concurrency: int, timeout
 @click.option("--startup-timeout", type=click.FloatRange(min=1), default=120.0, show_default=True,
               help="seconds each row waits for the server's /health 200 (a real engine on a busy "
                    "CPU machine can take minutes)")
+@click.option("--health-rate", type=click.FloatRange(min=0), default=20.0, show_default=True,
+              metavar="HZ", help="the recorder's health probes per second; 0: none (rules that "
+                                 "rest on probes then say so: docs/matrix-run.md)")
 @click.option("-v", "--verbose", is_flag=True, help="show evidence for passing rules too")
 def matrix_run(serve, url, matrix_file, glob, out, no_bpf, max_tokens, min_tokens, ignore_eos,
-               startup_timeout, verbose):
+               startup_timeout, health_rate, verbose):
     """Run matrix rows against a server, each in its own recording, then verify them.
 
     Exit status as verify: 0 all pass, 1 any failure (or a row that could not run), 2 bad input."""
@@ -126,8 +129,8 @@ def matrix_run(serve, url, matrix_file, glob, out, no_bpf, max_tokens, min_token
     from omnitrace.verify.table import render
     matrix = load_matrix(matrix_file)
     overrides = {"max_tokens": max_tokens, "min_tokens": min_tokens, "ignore_eos": ignore_eos}
-    report, runs, code, kept = run_matrix(matrix, serve, url, glob, out,
-                                          ["--no-bpf"] if no_bpf else [], overrides,
+    record_args = ["--health-rate", f"{health_rate:g}"] + (["--no-bpf"] if no_bpf else [])
+    report, runs, code, kept = run_matrix(matrix, serve, url, glob, out, record_args, overrides,
                                           startup_timeout)
     click.echo(render(report, verbose))
     click.echo("")

@@ -30,8 +30,12 @@ def _default_output() -> Path:
 @click.option("--gpu", type=click.Choice(["auto", "nvml", "sim", "off"]), default="auto",
               show_default=True, help="GPU memory source.")
 @click.option("--health-url", metavar="URL",
-              help="Health endpoint to probe at 20 Hz (default: discovered from the server's port).")
-@click.option("--no-health", is_flag=True, help="Do not probe health.")
+              help="Health endpoint to probe (default: discovered from the server's port).")
+@click.option("--health-rate", "health_rate", type=click.FloatRange(0), default=20.0,  # http.PROBE_HZ
+              show_default=True, metavar="HZ",
+              help="Health probes per second; 0 turns the prober off. Written in the header: "
+                   "probing can change how a server behaves (docs/recorder.md).")
+@click.option("--no-health", is_flag=True, help="Do not probe health (= --health-rate 0).")
 @click.option("--no-otlp", is_flag=True, help="Do not run the OTLP span receiver.")
 @click.option("--metrics-port", type=int, metavar="PORT",
               help="Serve live Prometheus metrics on this port while recording.")
@@ -39,7 +43,7 @@ def _default_output() -> Path:
               help="Address for --metrics-port.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def record(output, attach, trace_all, no_bpf, snapshot_interval, linger, keep_root, gpu,
-           health_url, no_health, no_otlp, metrics_port, metrics_host, command):
+           health_url, health_rate, no_health, no_otlp, metrics_port, metrics_host, command):
     """Run COMMAND and record what happens to its process tree.
 
     \b
@@ -51,8 +55,10 @@ def record(output, attach, trace_all, no_bpf, snapshot_interval, linger, keep_ro
                             snapshot_interval_s=snapshot_interval, linger_s=linger,
                             keep_root=keep_root)
     from omnitrace.record.wiring import evidence_sources, live_observers
-    options.extra_sources = evidence_sources(gpu=gpu, health_url=health_url,
-                                             health=not no_health, otlp=not no_otlp)
+    rate = 0.0 if no_health else health_rate
+    options.header["health_rate_hz"] = rate  # also when off: a reader must know nothing probed
+    options.extra_sources = evidence_sources(gpu=gpu, health_url=health_url, health_hz=rate,
+                                             otlp=not no_otlp)
     stoppers = []
     if metrics_port is not None:
         observer, stop = live_observers(metrics_host, metrics_port)

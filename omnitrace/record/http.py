@@ -1,4 +1,5 @@
-"""The health prober: GET the traced server's health endpoint 20 times a second and write each
+"""The health prober: GET the traced server's health endpoint 20 times a second (`record
+--health-rate HZ`; 0: no prober; the rate is in the header as health_rate_hz) and write each
 probe as an HTTP client span (OpenTelemetry conventions, source "probe"): its status code, or how it
 failed (refused, reset, timeout), and its latency. That is the evidence for "health turned
 503 (or stopped answering) N ms after the fault", measured far finer than a 0.5 s poll.

@@ -40,6 +40,7 @@ class RecordOptions:
     extra_sources: list[Source] = field(default_factory=list)
     observers: list[Callable[[ev.Event], None]] = field(default_factory=list)
     quiet: bool = False
+    header: dict = field(default_factory=dict)   # more header fields (e.g. health_rate_hz)
 
 
 @dataclass
@@ -120,7 +121,7 @@ class Recorder:
         env = self._prepare_sources()
         header = make_header(self.options.command, {s.name: s.describe() for s in self.sources},
                              recorder_pid=os.getpid(), attach=self.options.attach,
-                             trace_all=self.options.trace_all)
+                             trace_all=self.options.trace_all, **self.options.header)
         self._writer = TimelineWriter(self.options.output, header)
         _give_to_invoking_user(self.options.output)
         self._writer.extend(self._early)

@@ -9,14 +9,17 @@ from typing import Callable
 from omnitrace.record.source import Source
 
 
-def evidence_sources(gpu: str, health_url: str | None, health: bool, otlp: bool) -> list[Source]:
+def evidence_sources(gpu: str, health_url: str | None, health_hz: float,
+                     otlp: bool) -> list[Source]:
+    """health_hz: health probes per second, 0 for none."""
     from omnitrace.record.gpu import make_gpu_source
     from omnitrace.record.http import make_http_sources
     sources: list[Source] = []
     gpu_source = make_gpu_source(gpu)
     if gpu_source is not None:
         sources.append(gpu_source)
-    sources.extend(make_http_sources(health_url=health_url, health=health, otlp=otlp))
+    sources.extend(make_http_sources(health_url=health_url, health=health_hz > 0, otlp=otlp,
+                                     probe_hz=health_hz or 1.0))
     return sources
 
 
