@@ -15,6 +15,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -24,7 +25,8 @@ except ImportError:
     orjson = None
 
 from omnitrace.errors import OmnitraceError
-from omnitrace.events import EVENT_TYPES, Event, UnknownEventKind, event_from_dict
+from omnitrace.events import (EVENT_TYPES, TYPES, BadEvent, Event, FieldType, event_from_dict,
+                              shown, well_typed)
 
 FORMAT = "omnitrace-timeline"
 VERSION = 1
@@ -179,8 +181,10 @@ class Timeline:
 
 
 def read_timeline(path: str | os.PathLike, lenient: bool = False) -> Timeline:
-    """Read a timeline file. A corrupt line in the middle raises TimelineError naming its line
-    (with lenient=True it is skipped and a warning kept); a missing footer is not an error."""
+    """Read a timeline file, every field checked against its declared type. A bad line (not JSON,
+    an unknown kind, a field missing or of the wrong type, a footer that is not last) raises
+    TimelineError naming its line and field; with lenient=True it is skipped and a warning kept.
+    A bad header is never skipped. A missing footer is not an error."""
     path = Path(path)
     try:
         handle = open(path, "rb")
@@ -197,15 +201,12 @@ def read_timeline(path: str | os.PathLike, lenient: bool = False) -> Timeline:
     if not lines or not lines[0].strip():
         raise TimelineError(path, 1, "empty file: not an omnitrace timeline")
     header = _parse_header(path, lines[0])
-    body = [raw for raw in lines[1:] if raw.strip()]
     with _bulk_allocation():
-        events, footer = _read_body_fast(body)
-        if events is None:  # something is wrong in the body: find the lines, one by one
-            events, footer = _read_body_by_line(path, lines, lenient, warnings)
+        events, footer = _BodyReader(path, lenient, warnings).read(lines)
     if footer is None:
         warnings.append(f"{path}: truncated: no footer (the recorder did not finish the file)")
     # Sources write from separate threads, so the file is only roughly in time order.
-    events.sort(key=_event_time)
+    events.sort(key=_EVENT_TIME)
     return Timeline(header=header, events=events, footer=footer, path=str(path), warnings=warnings)
 
 
@@ -230,65 +231,155 @@ def settle_for_analysis() -> None:
     gc.freeze()
 
 
-def _read_body_fast(body: list[bytes]) -> tuple[list[Event] | None, dict | None]:
-    """The clean case in one tight loop (the 1,000,000-event target). Returns (None, None) at
-    the first problem of any kind, and the careful reader then names the line."""
-    loads, types = _loads, EVENT_TYPES
-    events: list[Event] = []
-    append = events.append
-    footer = None
-    try:
-        for raw in body:
-            obj = loads(raw)
-            kind = obj.pop("kind")
-            cls = types.get(kind)
-            if cls is not None:
-                append(cls(**obj))
-            elif kind == "footer":
-                obj["kind"] = kind
-                footer = obj
-            else:
-                return None, None
-    except (ValueError, TypeError, AttributeError, KeyError):
-        return None, None
-    return events, footer
+class _BodyReader:
+    """The event lines and the footer. The clean case is one tight loop that makes events
+    unchecked, then checks their fields column by column (events.well_typed); a line the loop
+    cannot take (the footer, an unknown kind or field, not JSON) is decoded carefully on the
+    spot. Only when a column holds a bad value is the body read again line by line, to name it."""
 
+    def __init__(self, path: Path, lenient: bool, warnings: list[str]):
+        self.path, self.lenient, self.warnings = path, lenient, warnings
+        self.footer: dict[str, Any] | None = None
+        self.footer_line = 0
 
-def _read_body_by_line(path: Path, lines: list[bytes], lenient: bool,
-                       warnings: list[str]) -> tuple[list[Event], dict | None]:
-    events: list[Event] = []
-    footer = None
-    for number, raw in enumerate(lines[1:], start=2):
+    def read(self, lines: list[bytes]) -> tuple[list[Event], dict[str, Any] | None]:
+        warned = len(self.warnings)
+        events, unchecked = self._read_fast(lines)
+        if not all(well_typed(EVENT_TYPES[kind], group) for kind, group in unchecked.items()):
+            del self.warnings[warned:]      # the careful pass reports every bad line itself
+            self.footer, self.footer_line = None, 0
+            events = self._read_carefully(lines)
+        if self.footer is not None and self.footer_line != _last_nonblank(lines):
+            self._bad(self.footer_line, "the footer is not the last line (lines follow it)")
+            self.footer = None
+        return events, self.footer
+
+    def _read_fast(self, lines: list[bytes]) -> tuple[list[Event], dict[str, list[Event]]]:
+        loads, types = _loads, EVENT_TYPES
+        events: list[Event] = []
+        append = events.append
+        unchecked: dict[str, list[Event]] = {kind: [] for kind in types}
+        keep_unchecked = {kind: group.append for kind, group in unchecked.items()}
+        for number, raw in enumerate(lines[1:], start=2):
+            try:
+                obj = loads(raw)
+                kind = obj.pop("kind")
+                event = types[kind](**obj)
+            except (ValueError, TypeError, AttributeError, KeyError):
+                event = self._careful(number, raw)
+                if event is not None:
+                    append(event)
+                continue
+            append(event)
+            keep_unchecked[kind](event)
+        return events, unchecked
+
+    def _read_carefully(self, lines: list[bytes]) -> list[Event]:
+        events = []
+        for number, raw in enumerate(lines[1:], start=2):
+            event = self._careful(number, raw)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _careful(self, number: int, raw: bytes) -> Event | None:
+        """The event on this line, every field checked; None for a blank line, the footer, or
+        (lenient) a bad line."""
+        try:
+            return self._decode(number, raw)
+        except BadEvent as exc:
+            self._bad(number, str(exc))
+            return None
+
+    def _decode(self, number: int, raw: bytes) -> Event | None:
         if not raw.strip():
-            continue
+            return None
         try:
             obj = _loads(raw)
-            if obj.get("kind") == "footer":
-                footer = obj
-                continue
-            events.append(event_from_dict(obj))
-        except (ValueError, TypeError, AttributeError) as exc:
-            problem = str(exc) if isinstance(exc, UnknownEventKind) else f"not a valid event ({exc})"
-            if not lenient:
-                raise TimelineError(path, number, problem + "; use --lenient to skip bad lines") from None
-            warnings.append(f"{path}:{number}: skipped: {problem}")
-    return events, footer
+        except ValueError as exc:
+            raise BadEvent(f"not valid JSON ({exc})") from None
+        if not isinstance(obj, dict):
+            raise BadEvent(f"not a JSON object but {shown(obj)}")
+        if obj.get("kind") != "footer":
+            return event_from_dict(obj)
+        if self.footer is not None:
+            self._bad(self.footer_line, f"a second footer follows at line {number}")
+        self.footer, self.footer_line = _checked(FOOTER_FIELDS, obj), number
+        return None
+
+    def _bad(self, number: int, problem: str) -> None:
+        if not self.lenient:
+            raise TimelineError(self.path, number, problem + "; use --lenient to skip bad lines")
+        self.warnings.append(f"{self.path}:{number}: skipped: {problem}")
 
 
-_loads = orjson.loads if orjson is not None else json.loads
+def _last_nonblank(lines: list[bytes]) -> int:
+    """The 1-based number of the last line with content."""
+    number = len(lines)
+    while number > 1 and not lines[number - 1].strip():
+        number -= 1
+    return number
 
 
-def _event_time(event: Event) -> int:
-    return event.t
+def _checked(declared: dict[str, FieldType], obj: dict[str, Any]) -> dict[str, Any]:
+    """A header or footer whose known fields have their declared types (absent ones are fine:
+    hand-made and older files lack some)."""
+    for name, field_type in declared.items():
+        if name in obj:
+            field_type.check(name, obj[name])
+    return obj
+
+
+def _object_of_objects(name: str, value: dict[str, Any]) -> None:
+    for key, item in value.items():
+        _OBJECT.check(f"{name}.{key}", item)
+
+
+_OBJECT = FieldType("an object", (dict,))
+_SECTIONS = FieldType("an object of objects", (dict,), check_value=_object_of_objects)
+HEADER_FIELDS = {
+    "format": TYPES["str"], "version": TYPES["int"], "host": TYPES["str"], "kernel": TYPES["str"],
+    "boot_id": TYPES["str"], "clock": TYPES["str"], "unit": TYPES["str"], "t0": TYPES["int"],
+    "wall_offset_ns": TYPES["int"], "command": TYPES["list[str]"], "sources": _SECTIONS,
+    "recorder_pid": TYPES["int"], "attach": TYPES["list[int]"], "trace_all": TYPES["bool"],
+    "matrix": _OBJECT,
+}
+FOOTER_FIELDS = {
+    "t": TYPES["int"], "events": TYPES["int"], "exit_status": TYPES["int | None"],
+    "ended_by": TYPES["str"], "counters": _SECTIONS,
+}
+
+
+def _stdlib_loads(raw: bytes) -> Any:
+    """json.loads made as strict as orjson: integers beyond 64 bits and nesting too deep for
+    Python's stack are bad JSON, not a crash later."""
+    try:
+        return json.loads(raw, parse_int=_bounded_int)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 20:
+        raise ValueError(f"integer {text[:20]}... does not fit in 64 bits")
+    return int(text)
+
+
+_loads = orjson.loads if orjson is not None else _stdlib_loads
+_EVENT_TIME = attrgetter("t")
 
 
 def _parse_header(path: Path, raw: bytes) -> dict[str, Any]:
     try:
-        header = json.loads(raw)
+        header = _loads(raw)
     except ValueError:
         raise TimelineError(path, 1, "first line is not JSON: not an omnitrace timeline") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise TimelineError(path, 1, f"first line is not an {FORMAT} header")
+    try:
+        _checked(HEADER_FIELDS, header)
+    except BadEvent as exc:
+        raise TimelineError(path, 1, f"header: {exc}") from None
     if header.get("version", 0) > VERSION:
         raise TimelineError(path, 1, f"format version {header['version']} is newer than this "
                                      f"omnitrace reads ({VERSION}); upgrade omnitrace")

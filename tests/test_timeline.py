@@ -78,7 +78,7 @@ def test_unknown_event_kind_is_an_error_naming_the_kind(tmp_path):
     write_timeline(path, make_header([], {}), sample_events(), {"t": 70})
     with open(path, "a") as f:
         f.write('{"kind":"teleport","t":80}\n')
-    with pytest.raises(TimelineError, match=r":7: unknown event kind 'teleport'"):
+    with pytest.raises(TimelineError, match=r':7: unknown event kind "teleport"'):
         read_timeline(path)
 
 
