@@ -13,8 +13,8 @@ from omnitrace.model.build import build_model
 from omnitrace.model.scenarios import find_scenarios
 from omnitrace.model.window import Window
 from omnitrace.verify.matrix import load_matrix
-from tests.test_verify_rules import (FAULT, HARNESS, INJECTOR, SERVE, TRACKER, WORKERS, gpu_back,
-                                     server, sigkill_serve, verdicts)
+from tests.test_verify_rules import (FAULT, HARNESS, INJECTOR, SERVE, STAGE, TRACKER, WORKERS,
+                                     gpu_back, server, sigkill_serve, sigterm_serve, verdicts)
 
 HOG = 300
 
@@ -169,5 +169,12 @@ def test_a_zombie_reaped_only_by_the_cleanup_says_so():
     b.reap(HARNESS, 102, 46.0)                      # the clean-up, after the window
     rule = verdicts(b)["no-zombies"]
     assert rule.verdict == "fail"
-    assert rule.evidence[0].text.endswith("not reaped by scenario end +35.00 s; reaped at +36.00 s, "
-                                          "after the window")
+    assert rule.evidence[0].text.endswith("its parent pid 1 had not reaped it by scenario end "
+                                          "+35.00 s; reaped at +36.00 s, after the window")
+
+
+def test_a_zombie_names_the_parent_that_failed_to_reap_it():
+    rule = verdicts(sigterm_serve(server(), unreaped=(103,)))["no-zombies"]
+    assert rule.evidence[0].text == (
+        f"pid 103 {STAGE} exited at +2.00 s; its parent pid {SERVE} python3 -m "
+        "vllm_omni.entrypoints.cli.main serve Qwen --omni never reaped it")

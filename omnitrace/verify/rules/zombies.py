@@ -33,8 +33,8 @@ def check(ctx: Context) -> Result:
     measured = ctx.seconds(max(reaped)) if reaped else None
     if unreaped:
         return Result(FAIL, measured, summary=f"{len(unreaped)} zombie(s) not reaped by the limit",
-                      evidence=[ctx.cite(f"{p.label()} exited at {ctx.at(p.exit_t)}, parent "
-                                         f"{p.parent_at(p.exit_t)}, {_reaped(ctx, p)}", p.exit_t,
+                      evidence=[ctx.cite(f"{p.label()} exited at {ctx.at(p.exit_t)}; "
+                                         f"{_reaped(ctx, p, min(limit, ctx.end))}", p.exit_t,
                                          p.exit_ref, p) for p in unreaped])
     last = max(exited, key=lambda p: p.reap_t)
     evidence = [ctx.cite(f"last reap: {last.label()} by {last.reaped_by} at "
@@ -47,14 +47,18 @@ def check(ctx: Context) -> Result:
                   evidence=evidence)
 
 
-def _reaped(ctx: Context, proc) -> str:
+def _reaped(ctx: Context, proc, by: int) -> str:
+    """Who left it a zombie: the parent it had at `by` (reaping is the parent's duty)."""
     if proc.reap_t is not None:
-        return f"reaped only at {ctx.at(proc.reap_t)}"
+        return f"reaped only at {ctx.at(proc.reap_t)}, by pid {proc.reaped_by}"
+    ppid = proc.parent_at(by)
+    parent = ctx.model.process(ppid, by) if ppid else None
+    who = f"its parent {parent.label()}" if parent else f"its parent pid {ppid}"
     later = ctx.window.original(proc).reap_t
     if later is None:
-        return "never reaped"
-    return (f"not reaped by scenario end {ctx.at(ctx.end)}; reaped at {ctx.at(later)}, after "
-            "the window")
+        return f"{who} never reaped it"
+    return (f"{who} had not reaped it by scenario end {ctx.at(ctx.end)}; reaped at "
+            f"{ctx.at(later)}, after the window")
 
 
 RULE = Rule("no-zombies", "every exited process of the tree is reaped within the limit",
