@@ -1,6 +1,7 @@
 """graceful-shutdown: after SIGTERM/SIGINT each target ran a handler (not the default action),
-exited by itself and with a clean status: 0 or 128+signal (what vLLM's handlers raise as
-SystemExit), or killed by the same signal re-raised by itself after the handler (uvicorn)."""
+exited by itself within exit_s of the fault and with a clean status: 0 or 128+signal (what
+vLLM's handlers raise as SystemExit), or killed by the same signal re-raised by itself after the
+handler (uvicorn)."""
 from __future__ import annotations
 
 from omnitrace.events import signal_name
