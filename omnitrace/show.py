@@ -13,7 +13,10 @@ import click
 
 from omnitrace.events import signal_name
 from omnitrace.model import Model, Process, build_model
+from omnitrace.model.roles import RolePatterns
 from omnitrace.timeline import read_timeline
+from omnitrace.view import (display_name, display_roles, grouped_signals, recorded_tree,
+                            role_patterns, signal_group_dict)
 
 
 def process_view(model: Model, proc: Process) -> dict[str, Any]:
@@ -48,6 +51,20 @@ def processes_view(model: Model) -> list[dict[str, Any]]:
     return [process_view(model, p) for p in ordered]
 
 
+def annotated_views(model: Model, patterns: RolePatterns) -> list[dict[str, Any]]:
+    """processes_view plus the fields added to the contract since: role, in_recorded_tree and
+    signals (signals_received with per-thread deliveries folded into the signal that caused
+    them). Existing fields never change."""
+    ordered = sorted(model.processes, key=lambda p: (p.start is not None, p.start or 0, p.pid))
+    roles = display_roles(model, patterns)
+    tree = recorded_tree(model)
+    return [{**process_view(model, p),
+             "role": roles.get(id(p)),
+             "in_recorded_tree": tree is None or id(p) in tree,
+             "signals": [signal_group_dict(g, model.t0) for g in grouped_signals(p)]}
+            for p in ordered]
+
+
 def _fmt_time(value: float | None) -> str:
     return "-" if value is None else f"+{value:.3f}s"
 
@@ -60,35 +77,86 @@ def _status(view: dict[str, Any]) -> str:
     return "?" if view["exit_code"] is None else f"exit {view['exit_code']}"
 
 
-def render_table(views: list[dict[str, Any]]) -> str:
-    lines = [f"{'PID':>7} {'PPID':>7} {'START':>10} {'EXIT':>10} {'STATUS':>8} {'REAPED':>7}  NAME"]
-    for v in views:
-        reaped = "-" if v["reaped_by"] is None else str(v["reaped_by"])
-        name = v["name"] or " ".join(v["cmdline"])[:60]
-        if v["reparented_to"] is not None:
-            name += f"  (re-parented to {v['reparented_to']})"
-        lines.append(f"{v['pid']:>7} {v['ppid'] if v['ppid'] is not None else '-':>7} "
-                     f"{_fmt_time(v['start']):>10} {_fmt_time(v['exit']):>10} {_status(v):>8} "
-                     f"{reaped:>7}  {name}")
-        for s in v["signals_received"]:
-            how = s["disposition"] or "not delivered"
-            lines.append(f"{'':>26}{_fmt_time(s['time']):>10}  <- {s['signal']} from pid "
-                         f"{s['sender_pid']} ({how})")
+def render_table(views: list[dict[str, Any]], show_all: bool = False) -> str:
+    """One line per process of the recorded tree (every process with show_all), its role beside
+    its name, then one line per signal it received (annotated_views' grouped signals; a run of
+    SIGCHLDs from its children is one line: the children's own rows say how they ended)."""
+    shown = [v for v in views if show_all or v["in_recorded_tree"]]
+    lines = [f"{'PID':>7} {'PPID':>7} {'START':>10} {'EXIT':>10} {'STATUS':>8} {'REAPED':>7}  "
+             f"{'ROLE':<7} NAME"]
+    for v in shown:
+        lines.append(_process_line(v))
+        lines += [f"{'':>26}{_fmt_time(t):>10}  <- {text}" for t, text in _signal_lines(v)]
+    hidden = [v["pid"] for v in views if v not in shown]
+    if hidden:
+        pids = " ".join(str(pid) for pid in hidden[:8]) + (" …" if len(hidden) > 8 else "")
+        lines.append(f"({len(hidden)} process{'es' if len(hidden) > 1 else ''} outside the "
+                     f"recorded tree not shown: pid {pids}; --all shows them)")
     return "\n".join(lines)
+
+
+def _process_line(v: dict[str, Any]) -> str:
+    reaped = "-" if v["reaped_by"] is None else str(v["reaped_by"])
+    name = display_name(v["name"], v["cmdline"])
+    if v["reparented_to"] is not None:
+        name += f"  (re-parented to {v['reparented_to']})"
+    ppid = v["ppid"] if v["ppid"] is not None else "-"
+    return (f"{v['pid']:>7} {ppid:>7} {_fmt_time(v['start']):>10} {_fmt_time(v['exit']):>10} "
+            f"{_status(v):>8} {reaped:>7}  {v['role'] or '-':<7} {name}")
+
+
+def _signal_lines(v: dict[str, Any]) -> list[tuple[float, str]]:
+    """(time, text) per signal; every SIGCHLD of the process folded into the first one's line."""
+    children = [s for s in v["signals"] if s["signal"] == "SIGCHLD"]
+    lines = [(s["time"], _signal_text(s)) for s in v["signals"] if s["signal"] != "SIGCHLD"]
+    if len(children) == 1:
+        lines.append((children[0]["time"], _signal_text(children[0])))
+    elif children:
+        lines.append((children[0]["time"], _sigchld_text(children)))
+    return sorted(lines, key=lambda line: line[0])
+
+
+def _signal_text(s: dict[str, Any]) -> str:
+    how = s["disposition"] or "not delivered"
+    threads = s["threads"]
+    if s["by_kernel"]:
+        return (f"{s['signal']} from the kernel to {threads} thread{'s' if threads != 1 else ''} "
+                f"({how}): the group's exit")
+    sender = "the kernel" if s["sender_pid"] == 0 else (
+        f"pid {s['sender_pid']}" + (f" {s['sender_comm']}" if s["sender_comm"] else ""))
+    return f"{s['signal']} from {sender} ({how})" + (
+        f", delivered to {threads} threads" if threads > 1 else "")
+
+
+def _sigchld_text(children: list[dict[str, Any]]) -> str:
+    senders = [str(s["sender_pid"]) for s in children]
+    listed = " ".join(senders[:6]) + (" …" if len(senders) > 6 else "")
+    outcomes: dict[str, int] = {}
+    for s in children:
+        how = s["disposition"] or "not delivered"
+        outcomes[how] = outcomes.get(how, 0) + 1
+    counts = ", ".join(f"{n} {how}" for how, n in outcomes.items())
+    return f"SIGCHLD ×{len(children)} from pids {listed} ({counts})"
 
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="The stable machine-readable form.")
 @click.option("--lenient", is_flag=True, help="Skip corrupt lines with a warning instead of failing.")
-def show(file, as_json, lenient):
-    """Show each process of a recording: parent, lifetime, exit status, reaper, signals."""
+@click.option("--all", "show_all", is_flag=True,
+              help="Also list processes outside the recorded tree (the recorder, outside senders).")
+@click.option("--matrix", "matrix_file", metavar="FILE",
+              help="The matrix whose role patterns name server, engine, worker and helper "
+                   "(default: the one the recording names, else the built-in one).")
+def show(file, as_json, lenient, show_all, matrix_file):
+    """Show each process of a recording: role, parent, lifetime, exit status, reaper, signals."""
     timeline = read_timeline(file, lenient=lenient)
     for warning in timeline.warnings:
         click.echo(f"omnitrace: warning: {warning}", err=True)
-    views = processes_view(build_model(timeline))
+    patterns = role_patterns(timeline.header, matrix_file)
+    views = annotated_views(build_model(timeline), patterns)
     if as_json:
         json.dump(views, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        click.echo(render_table(views))
+        click.echo(render_table(views, show_all))

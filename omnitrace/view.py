@@ -1,0 +1,149 @@
+"""What `omnitrace show` and `omnitrace report` both tell a person about a process tree: which
+processes the recording was about, each one's role, a readable name, and the signals it received
+with the kernel's per-thread deliveries folded into the signal that caused them.
+
+Only reads the model (omnitrace/model/); verify's verdicts do not depend on anything here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omnitrace.model import Model, Process
+from omnitrace.model.process import TERMINATING_SIGNALS, SignalReceipt
+from omnitrace.model.roles import (ENGINE, HELPER, OTHER, SERVE, WORKER, RolePatterns,
+                                   assign_roles, find_servers)
+from omnitrace.model.scenarios import find_scenarios
+from omnitrace.verify.matrix import load_matrix
+
+SIGKILL = 9
+# The model's roles as a person names them. verify treats a helper-pattern match and any other
+# child of the server alike (neither decides a verdict): both are the server's helpers here.
+DISPLAY_ROLES = {SERVE: "server", ENGINE: "engine", WORKER: "worker", HELPER: "helper",
+                 OTHER: "helper"}
+INTERPRETERS = frozenset({"python", "python3", "bash", "sh", "dash"})
+
+
+# --- which processes the recording was about --------------------------------------------------------
+def recorded_tree(model: Model) -> set[int] | None:
+    """id()s of the recorded command (or the attached processes) and all they forked; None when
+    the recording traced everything or does not say what it recorded (a hand-made file).
+
+    Everything else got into the timeline only by touching the tree: the recorder itself (a
+    SIGCHLD from the command), an outside sender, a pid procfs saw as a parent."""
+    header = model.timeline.header
+    if header.get("trace_all"):
+        return None
+    roots = [model.process(pid, model.t0) for pid in header.get("attach") or []]
+    recorder = header.get("recorder_pid")
+    if recorder is not None:
+        roots += [p for p in model.processes if p.ppid == recorder]
+    roots = [r for r in roots if r is not None]
+    if not roots:
+        return None
+    members: set[int] = set()
+    for root in roots:
+        members.update(id(p) for p in [root, *model.descendants(root)])
+    return members
+
+
+def display_roles(model: Model, patterns: RolePatterns) -> dict[int, str]:
+    """id(process) -> server | engine | worker | helper, as verify assigns them: in each scenario's
+    server tree; in a recording without scenarios, in the tree of every server found.
+
+    Only the scenarios' servers where there are scenarios: a scenario driver that listens on a
+    port of its own (the load client's) would be found as one more server, which verify never
+    treats it as."""
+    roles: dict[int, str] = {}
+    assigned = [s.roles for s in find_scenarios(model, patterns) if s.roles is not None]
+    if not assigned:
+        assigned = [assign_roles(model, server, patterns)
+                    for server in find_servers(model, patterns)]
+    for tree_roles in assigned:
+        for proc in tree_roles.tree:
+            roles.setdefault(id(proc), DISPLAY_ROLES[tree_roles.of(proc)])
+    return roles
+
+
+def display_name(name: str, cmdline: list[str], width: int = 60) -> str:
+    """The title, or for an interpreter ('python3', 'sh') what it runs: 'python3 -m x.y args'."""
+    text = name or " ".join(cmdline)
+    if name in INTERPRETERS and len(cmdline) > 1:
+        text = " ".join([name, *cmdline[1:]])
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def role_patterns(header: dict, matrix_file: str | None) -> RolePatterns:
+    """The role patterns of --matrix FILE, else of the matrix the recording's header names (when
+    its file is here), else of the built-in matrix: the ones verify would use."""
+    named = header.get("matrix")
+    path = named.get("path") if isinstance(named, dict) else None
+    if matrix_file is None and isinstance(path, str) and Path(path).is_file():
+        matrix_file = path
+    return load_matrix(matrix_file).patterns
+
+
+# --- signals --------------------------------------------------------------------------------------
+@dataclass
+class SignalGroup:
+    """One signal as a person thinks of it: who sent it, what the process did, and how many of
+    its threads the kernel delivered it to (a fatal signal kills every thread with a SIGKILL of
+    its own, each traced as a delivery with no sender)."""
+    first: SignalReceipt
+    threads: int
+    by_kernel: bool      # no sender was traced: the kernel's own group kill (exit_group or fatal)
+
+    @property
+    def t(self) -> int:
+        return self.first.t
+
+    @property
+    def name(self) -> str:
+        return self.first.name
+
+    def sender(self) -> str:
+        if self.by_kernel or self.first.sender_pid == 0:
+            return "the kernel"
+        comm = f" {self.first.sender_comm}" if self.first.sender_comm else ""
+        return f"pid {self.first.sender_pid}{comm}"
+
+    def describe(self) -> str:
+        """'SIGKILL from pid 9711 python3 (default), delivered to 46 threads'."""
+        how = self.first.disposition or "not delivered"
+        if self.by_kernel:
+            return (f"{self.name} from the kernel to {self.threads} "
+                    f"thread{'s' if self.threads != 1 else ''} ({how}): the group's exit")
+        text = f"{self.name} from {self.sender()} ({how})"
+        return text + (f", delivered to {self.threads} threads" if self.threads > 1 else "")
+
+
+def thread_delivery(receipt: SignalReceipt) -> bool:
+    """A delivery no signal_generate announced: the kernel taking a thread down with the group."""
+    return receipt.sender_pid == 0 and receipt.ref == receipt.deliver_ref
+
+
+def grouped_signals(proc: Process) -> list[SignalGroup]:
+    """proc.signals with each run of per-thread SIGKILL deliveries folded into the fatal signal
+    before it (or, with none, into one 'group kill by the kernel')."""
+    groups: list[SignalGroup] = []
+    for receipt in proc.signals:
+        if thread_delivery(receipt) and groups and _joins(groups[-1], receipt, proc):
+            groups[-1].threads += 1
+            continue
+        delivered = 1 if receipt.delivered_t is not None else 0
+        groups.append(SignalGroup(receipt, delivered, thread_delivery(receipt)))
+    return groups
+
+
+def _joins(group: SignalGroup, receipt: SignalReceipt, proc: Process) -> bool:
+    fatal = group.by_kernel or (group.first.disposition == "default"
+                                and group.first.signal in TERMINATING_SIGNALS)
+    before_exit = proc.exit_t is None or receipt.t <= proc.exit_t
+    return receipt.signal == SIGKILL and fatal and before_exit
+
+
+def signal_group_dict(group: SignalGroup, t0: int) -> dict:
+    return {"signal": group.name, "sender_pid": group.first.sender_pid,
+            "sender_comm": group.first.sender_comm or None, "by_kernel": group.by_kernel,
+            "time": round((group.t - t0) / 1e9, 6), "disposition": group.first.disposition,
+            "threads": group.threads}
