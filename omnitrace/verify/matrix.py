@@ -93,6 +93,10 @@ def load_matrix(path: str | Path | None = None) -> Matrix:
     return merged["_matrix"]
 
 
+# libyaml's loader where PyYAML was built with it: the pure-Python one took 0.5 s per verify
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _read(path) -> tuple[dict, str, Any]:
     if path is None or str(path) == BUILTIN:
         text = resources.files("omnitrace.data").joinpath(f"{BUILTIN}.yaml").read_text("utf-8")
@@ -104,8 +108,8 @@ def _read(path) -> tuple[dict, str, Any]:
         except OSError as exc:
             raise MatrixError(source, "", f"cannot read: {exc.strerror}") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        doc = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=_LOADER)   # for the lines in error messages
+        doc = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise MatrixError(source, "", f"not valid YAML: {getattr(exc, 'problem', exc)}",
