@@ -103,3 +103,19 @@ def test_a_server_that_never_says_200_is_reported_with_what_it_answered(tmp_path
     message = str(failure.value)
     assert "did not answer 200 within 15 s" in message
     assert "503 x" in message and "warming up: model not loaded" in message
+
+
+def test_only_requests_opened_before_the_fault_count_as_in_flight(server):
+    """A request the load starts after the signal is not one the fault hit."""
+    d = driver(server, RequestShape(max_tokens=400))
+    d.plan.load_requests = 1
+    d.start_load()
+    fault_t = time.monotonic()
+    (start,) = d.load._open.values()
+    assert d.load.open_at(fault_t) == 1 and d.load.open_at(start) == 0
+    d.check_in_flight(fault_t)                          # a request was open: no complaint
+    with pytest.raises(ServerFailed, match="no request was in flight at the fault"):
+        d.check_in_flight(start)                        # nothing had started by then
+    Handler.release.set()
+    d.load_thread.join(20)
+    assert d.load.open_at(fault_t) == 1                 # still counted once it has ended

@@ -124,6 +124,7 @@ class Load:
         self.in_flight = 0
         self.started = 0
         self.streaming = 0      # requests that got their first byte and are not done yet
+        self._open: dict[int, float] = {}   # index -> start (monotonic) of each open request
         self._changed = threading.Condition()
 
     # --- waiting from another thread -----------------------------------------------------------
@@ -188,6 +189,14 @@ class Load:
     def finished_any(self) -> bool:
         return bool(self.results)
 
+    def open_at(self, t: float) -> int:
+        """How many requests were open at monotonic time `t` (started before it, not ended by
+        it): those a fault at `t` hit. A request started after `t` does not count."""
+        with self._changed:
+            still_open = sum(start < t for start in self._open.values())
+            ended = sum(r.start < t <= r.end for r in self.results)
+        return still_open + ended
+
     async def _one(self, client: httpx.AsyncClient, index: int, kind: str) -> None:
         method, path, body = request_spec(kind, self.model, self.shape)
         span = marks.load_tracer().start_span(f"{method} {path}", attributes=marks.clean({
@@ -196,6 +205,8 @@ class Load:
             "omnitrace.request.scenario": self.scenario}))
         start = time.monotonic()
         status, ttfb, nbytes, reason, openai_error = None, None, 0, "completed", None
+        with self._changed:
+            self._open[index] = start
         self._note(in_flight=1, started=1)
         first = True
         try:
@@ -218,6 +229,8 @@ class Load:
             raise
         finally:
             end = time.monotonic()
+            with self._changed:
+                self._open.pop(index, None)
             self._note(in_flight=-1, streaming=0 if first else -1)
             result = RequestResult(index, kind, path, start, end, status, reason, ttfb, nbytes,
                                    openai_error)
