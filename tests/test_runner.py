@@ -175,3 +175,19 @@ def test_a_daemon_forked_before_the_fault_is_residue_and_is_not_left_running(env
     finally:
         for proc in processes_with(tag):
             proc.kill()
+
+
+@pytest.mark.parametrize("rate, probed_after_fault", [("0", False), ("20", True)])
+def test_health_rate_governs_every_health_probe_of_a_row(env, tmp_path, rate, probed_after_fault):
+    """--health-rate 0: neither the recorder nor the scenario driver asks /health after the
+    fault (a probe can change what a server does: docs/matrix-run.md)."""
+    log = tmp_path / "requests.log"
+    cli, report = matrix_run(tmp_path / "run", "--matrix", str(own_matrix(tmp_path)),
+                             "--health-rate", rate, "--scenarios", "no-load/sigkill/worker",
+                             "--serve", MINI_SERVER + f" --port {{port}} --request-log {log}",
+                             env=env)
+    assert report is not None, cli.stdout[-3000:] + cli.stderr[-2000:]
+    requests = log.read_text().splitlines()
+    assert "/health before" in requests  # the driver waits for the server's health 200
+    assert ("/health after" in requests) == probed_after_fault
+    assert verdicts(report)[("no-load/sigkill/worker", "target-exits")] == "pass"

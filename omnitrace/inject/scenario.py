@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -35,7 +36,8 @@ from omnitrace.inject.signals import inject_signal
 SETTLE_GRACE_S = 1.0   # keep observing this long after the outcome settled (GPU release, probes)
 OOM_DWELL_S = 5.0      # an OOM row holds the hog this long after health turned: the server must
                        # survive a sustained OOM, and on a real GPU its collapse takes seconds
-HEALTH_POLL_S = 0.25
+HEALTH_POLL_S = 0.25   # the driver's own /health polls (for settling): at most 4 Hz, and never
+                       # more often than the recording probes (health_poll_s)
 
 
 @dataclass
@@ -91,6 +93,7 @@ class Driver:
         self.probes_done = threading.Event()
         self.stop = threading.Event()
         self.unavailable_since: float | None = None
+        self.health_poll_s = health_poll_s()
         self.model: str | None = None   # what GET /v1/models named once the server was healthy
         self.absent: dict[str, int] = {}  # request kinds the server has no endpoint for
 
@@ -191,19 +194,16 @@ class Driver:
         if p.fault == "oom":
             self.start_hog()
             return
-        fault_t = time.monotonic()
         fault = inject_signal(self.outcome.server_pid, p.target, p.fault, scenario=p.row,
                               server_url=p.url, patterns=matrix_patterns(p.matrix))
         self.outcome.fault_pids = fault.pids
-        self.check_in_flight(fault_t)
+        self.check_in_flight(fault.t_start_ns / 1e9)   # the first signal's time
 
     def check_in_flight(self, fault_t: float) -> None:
         """A stream seen open just before the fault can end in the instant before the signal
         lands; an under-load row with nothing in flight at the fault must say so, not pass for
         one that was tested."""
-        if self.load is None or self.load.in_flight > 0:
-            return
-        if any(r.end >= fault_t for r in self.load.results):
+        if self.load is None or self.load.open_at(fault_t) > 0:
             return
         raise ServerFailed("no request was in flight at the fault: every load request had "
                            "ended; make requests longer (load_settings.max_tokens with ignore_eos)")
@@ -261,8 +261,11 @@ class Driver:
         return self.unavailable_for(OOM_DWELL_S)
 
     def unavailable_for(self, seconds: float) -> bool:
-        """/health has answered non-2xx (or nothing) without a break for at least `seconds`."""
+        """/health has answered non-2xx (or nothing) without a break for at least `seconds`.
+        With health unwatched (--health-rate 0) the hold counts from the fault instead."""
         since = self.unavailable_since
+        if not self.health_poll_s:
+            since = self.t0 + self.outcome.phases["observing"]
         return since is not None and time.monotonic() - since >= seconds
 
     def gpu_held(self) -> bool:
@@ -273,13 +276,13 @@ class Driver:
     def watch_health(self) -> None:
         """For the whole window: when the current run of non-2xx answers began (None while
         healthy), so a health endpoint that flaps back to 2xx starts the hold again."""
-        while not self.stop.is_set():
+        while self.health_poll_s and not self.stop.is_set():
             status = health_status(self.plan.url)
             if status is not None and 200 <= status < 300:
                 self.unavailable_since = None
             elif self.unavailable_since is None:
                 self.unavailable_since = time.monotonic()
-            time.sleep(HEALTH_POLL_S)
+            time.sleep(self.health_poll_s)
 
     def run_probes(self) -> None:
         """Worker kill: one request at a time until one fails, then 4 at once (upstream's check).
@@ -339,6 +342,14 @@ class Driver:
         self.outcome.leftovers = before or killed
         for line in self.outcome.leftovers:
             print(f"omnitrace: leftover process {line} (killed)", file=sys.stderr, flush=True)
+
+
+def health_poll_s() -> float | None:
+    """Seconds between the driver's /health polls; None when the recording probes nothing
+    (`record --health-rate 0` exports OMNITRACE_HEALTH_RATE_HZ=0): the driver must not probe the
+    server either, or it would be observed after all."""
+    rate = float(os.environ.get("OMNITRACE_HEALTH_RATE_HZ") or 1 / HEALTH_POLL_S)
+    return max(HEALTH_POLL_S, 1 / rate) if rate > 0 else None
 
 
 def parse(argv: list[str]) -> tuple[Plan, str | None]:

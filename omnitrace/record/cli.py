@@ -57,6 +57,7 @@ def record(output, attach, trace_all, no_bpf, snapshot_interval, linger, keep_ro
     from omnitrace.record.wiring import evidence_sources, live_observers
     rate = 0.0 if no_health else health_rate
     options.header["health_rate_hz"] = rate  # also when off: a reader must know nothing probed
+    options.env["OMNITRACE_HEALTH_RATE_HZ"] = f"{rate:g}"  # a scenario driver polls no faster
     options.extra_sources = evidence_sources(gpu=gpu, health_url=health_url, health_hz=rate,
                                              otlp=not no_otlp)
     stoppers = []

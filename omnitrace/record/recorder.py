@@ -41,6 +41,7 @@ class RecordOptions:
     observers: list[Callable[[ev.Event], None]] = field(default_factory=list)
     quiet: bool = False
     header: dict = field(default_factory=dict)   # more header fields (e.g. health_rate_hz)
+    env: dict[str, str] = field(default_factory=dict)  # more environment for the command
 
 
 @dataclass
@@ -118,7 +119,7 @@ class Recorder:
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> RecordResult:
-        env = self._prepare_sources()
+        env = {**self._prepare_sources(), **self.options.env}
         header = make_header(self.options.command, {s.name: s.describe() for s in self.sources},
                              recorder_pid=os.getpid(), attach=self.options.attach,
                              trace_all=self.options.trace_all, **self.options.header)

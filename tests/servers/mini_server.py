@@ -35,6 +35,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--flap-after", type=float, default=None)
     ap.add_argument("--daemon", choices=["double-fork", "setsid"], default=None)
     ap.add_argument("--lifetime", type=float, default=300.0)
+    ap.add_argument("--request-log", default=None,
+                    help="append 'PATH before|after' per request (before or after the worker died)")
     ap.add_argument("--tag", default="", help="ignored: lets a test find its processes by cmdline")
     return ap.parse_args()
 
@@ -100,10 +102,15 @@ def reap_loop(state: State) -> None:
         time.sleep(0.05)
 
 
-def handler_for(state: State):
+def handler_for(state: State, request_log: str | None):
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
+
+        def log_request(self, code="-", size="-"):
+            if request_log:
+                with open(request_log, "a") as f:
+                    f.write(f"{self.path} {'before' if state.worker_alive() else 'after'}\n")
 
         def answer(self, status: int, body: dict) -> None:
             data = json.dumps(body).encode()
@@ -138,7 +145,7 @@ def main() -> None:
     if args.daemon:
         fork_daemon(args.daemon, deadline)
     state = State(fork_worker(args.worker_title, deadline), args.flap_after)
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), handler_for(state))
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), handler_for(state, args.request_log))
 
     def stop(*_):
         try:
