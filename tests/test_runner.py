@@ -191,3 +191,25 @@ def test_health_rate_governs_every_health_probe_of_a_row(env, tmp_path, rate, pr
     assert "/health before" in requests  # the driver waits for the server's health 200
     assert ("/health after" in requests) == probed_after_fault
     assert verdicts(report)[("no-load/sigkill/worker", "target-exits")] == "pass"
+
+
+def test_a_leftover_of_a_serve_row_fails_no_residue_even_when_the_window_could_not_decide():
+    from pathlib import Path
+
+    from omnitrace.inject.runner import RowRun, residue_left
+    from omnitrace.verify.matrix import load_matrix
+    from omnitrace.verify.report import RuleVerdict, ScenarioReport
+    row = load_matrix(None).row("no-load/sigkill/serve")
+    undecided = RuleVerdict("no-residue", "", "inconclusive", None, 30.0, "s",
+                            "the window ends at +8.00 s, before the limit", [])
+    scenario = ScenarioReport(row.id, row.id, "marks", 0, 8, 1, "SIGKILL", "serve", [], 1,
+                              [undecided])
+    run = RowRun(row, Path("row.jsonl"), outcome={"leftovers": ["4242 daemon"]})
+    residue_left(run, scenario)
+    assert undecided.verdict == "fail" and "4242 daemon" in undecided.evidence[0].text
+    worker_row = RowRun(load_matrix(None).row("no-load/sigkill/worker"), Path("w.jsonl"),
+                        outcome={"leftovers": ["4243 stage"]})
+    kept = RuleVerdict("no-residue", "", "inconclusive", None, 30.0, "s", "", [])
+    residue_left(worker_row, ScenarioReport("w", "w", "marks", 0, 8, 1, "SIGKILL", "worker", [],
+                                            1, [kept]))
+    assert kept.verdict == "inconclusive"  # a degraded server left running is correct there
