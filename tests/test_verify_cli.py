@@ -1,13 +1,20 @@
 """`omnitrace verify`: table, JSON report, JUnit XML and exit status, on timelines read from disk."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import xml.etree.ElementTree as ET
 
+import pytest
+import yaml
 from click.testing import CliRunner
 
-from omnitrace.timeline import write_timeline
+from omnitrace.cli import main
+from omnitrace.timeline import read_timeline, write_timeline
 from omnitrace.verify.cli import verify
+from omnitrace.verify.matrix import header_entry, load_matrix
+from tests.harness import matrix_run
 from tests.test_verify_rules import server, sigkill_serve, sigterm_serve
 
 
@@ -86,3 +93,90 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     assert main(["verify", str(bad)]) == 2
     assert main(["verify", save(tmp_path, sigkill_serve(server())), "--matrix",
                  str(tmp_path / "missing.yaml")]) == 2
+
+
+# -- the matrix a recording was made with (issue 12, class 9) --------------------------------
+
+RENAMED = "mine/kill-the-server"
+
+
+def renamed_row_matrix(path, base="no-load/sigkill/serve", **changes):
+    """A user's matrix: `extends: vllm-omni`, plus a built-in row under a new id."""
+    row = load_matrix(None).row(base)
+    raw = {"id": RENAMED, "load": row.load, "fault": row.fault, "target": row.target,
+           "observe_s": row.observe_s, "rules": row.rules, "thresholds": row.thresholds, **changes}
+    path.write_text(yaml.safe_dump({"matrix": "mine", "extends": "vllm-omni", "rows": [raw]}))
+    return path
+
+
+def save_renamed(tmp_path, header_matrix=None, name="renamed.jsonl"):
+    """sigkill_serve's recording with its marks naming the renamed row, and a header carrying
+    `header_matrix` (a header entry) when given."""
+    timeline = sigkill_serve(server()).timeline()
+    for event in timeline.events:
+        if event.kind == "span" and event.attributes.get("omnitrace.scenario"):
+            event.attributes["omnitrace.scenario"] = RENAMED
+    header = dict(timeline.header, **({"matrix": header_matrix} if header_matrix else {}))
+    path = tmp_path / name
+    write_timeline(path, header, timeline.events, {"t": timeline.t_end})
+    return str(path)
+
+
+def cli(*argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_the_header_s_matrix_is_used_without_the_file(tmp_path):
+    mine = renamed_row_matrix(tmp_path / "mine.yaml")
+    path = save_renamed(tmp_path, header_entry(load_matrix(mine)))
+    mine.unlink()   # verified elsewhere: only the recording travels
+    code, out, err = cli("verify", path)
+    assert code == 0, out + err
+    assert f"{RENAMED}  no-residue" in out and "matrix-row" not in out
+
+
+def test_a_scenario_without_a_row_is_an_error_not_a_pass(tmp_path):
+    mine = renamed_row_matrix(tmp_path / "mine.yaml")
+    recorded = save_renamed(tmp_path, header_entry(load_matrix(mine)))
+    code, _, err = cli("verify", recorded, "--matrix", "vllm-omni")
+    assert code == 2
+    assert f"no row in matrix vllm-omni (from --matrix vllm-omni)" in err and RENAMED in err
+    unnamed = save_renamed(tmp_path, None, "older.jsonl")   # no matrix in its header
+    code, _, err = cli("verify", unnamed)
+    assert code == 2 and "the recording names none" in err
+
+
+def test_an_edited_header_matrix_is_refused(tmp_path):
+    entry = header_entry(load_matrix(renamed_row_matrix(tmp_path / "mine.yaml")))
+    entry["document"]["rows"][-1]["thresholds"]["residue_s"] = 1000.0
+    code, _, err = cli("verify", save_renamed(tmp_path, entry))
+    assert code == 2 and "header matrix: sha256: does not match the document" in err
+
+
+def test_record_refuses_a_bad_matrix_before_running_anything(tmp_path):
+    out = tmp_path / "never.jsonl"
+    code, _, err = cli("record", "--matrix", str(tmp_path / "missing.yaml"), "-o", str(out),
+                       "--no-bpf", "--", "true")
+    assert code == 2 and "missing.yaml: cannot read" in err and not out.exists()
+
+
+@pytest.mark.slow
+def test_a_row_recorded_with_a_user_matrix_verifies_against_it(tmp_path):
+    """`matrix run --matrix mine.yaml` for real on the testbed; then, with mine.yaml gone,
+    `verify ROW.jsonl` alone checks the renamed row with the same verdicts as the run."""
+    mine = renamed_row_matrix(tmp_path / "mine.yaml", observe_s=8.0)
+    run, report = matrix_run(tmp_path / "out", "--matrix", str(mine), "--scenarios", RENAMED)
+    assert report is not None, run.stderr
+    mine.unlink()
+    timeline = tmp_path / "out" / f"{RENAMED.replace('/', '_')}.jsonl"
+    assert read_timeline(timeline).header["matrix"]["name"] == "mine"
+    code, _, err = cli("verify", str(timeline), "--json", str(tmp_path / "again.json"))
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert code == run.returncode, err
+    (scenario,) = again["scenarios"]
+    assert scenario["row"] == RENAMED
+    assert {r["id"]: r["verdict"] for r in scenario["rules"]} == {
+        r["id"]: r["verdict"] for r in report["scenarios"][0]["rules"]}

@@ -112,8 +112,9 @@ def scenario_command(row: Row, serve: str, port: int, url: str, outcome: Path,
         driver += ["--probe-after", str(row.thresholds["stop_accepting_s"] + 0.5)]
     if "service-unavailable" in row.rules:  # "stays unavailable" must be watched, not assumed
         driver += ["--unavailable-hold", str(row.thresholds["unavailable_hold_s"])]
+    recorded_matrix = ["--matrix", matrix_file] if matrix_file else []  # into the header
     return [sys.executable, "-m", "omnitrace.cli", "record", "-o", str(timeline),
-            "--health-url", url + "/health", *record_args, "--", *driver]
+            "--health-url", url + "/health", *recorded_matrix, *record_args, "--", *driver]
 
 
 def run_row(row: Row, index: int, serve: str, url_template: str, out: Path, progress: Progress,

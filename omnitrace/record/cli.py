@@ -41,9 +41,14 @@ def _default_output() -> Path:
               help="Serve live Prometheus metrics on this port while recording.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True,
               help="Address for --metrics-port.")
+@click.option("--matrix", "matrix_file", metavar="FILE", envvar="OMNITRACE_MATRIX",
+              help="The fault-injection matrix this recording is for (a YAML file or "
+                   "'vllm-omni'; env OMNITRACE_MATRIX): written into the header, so verify "
+                   "checks against it anywhere.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def record(output, attach, trace_all, no_bpf, snapshot_interval, linger, keep_root, gpu,
-           health_url, health_rate, no_health, no_otlp, metrics_port, metrics_host, command):
+           health_url, health_rate, no_health, no_otlp, metrics_port, metrics_host, matrix_file,
+           command):
     """Run COMMAND and record what happens to its process tree.
 
     \b
@@ -54,6 +59,9 @@ def record(output, attach, trace_all, no_bpf, snapshot_interval, linger, keep_ro
                             attach=list(attach), trace_all=trace_all, no_bpf=no_bpf,
                             snapshot_interval_s=snapshot_interval, linger_s=linger,
                             keep_root=keep_root)
+    if matrix_file:  # read before anything runs: a bad file stops here, exit 2
+        from omnitrace.verify.matrix import header_entry, load_matrix
+        options.header["matrix"] = header_entry(load_matrix(matrix_file))
     from omnitrace.record.wiring import evidence_sources, live_observers
     rate = 0.0 if no_health else health_rate
     options.header["health_rate_hz"] = rate  # also when off: a reader must know nothing probed

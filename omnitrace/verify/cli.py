@@ -5,19 +5,22 @@ import json
 
 import click
 
+from omnitrace.errors import OmnitraceError
 from omnitrace.timeline import read_timeline, settle_for_analysis
 from omnitrace.verify.engine import verify_timeline
 from omnitrace.verify.junit import to_junit
-from omnitrace.verify.matrix import load_matrix
+from omnitrace.verify.matrix import BUILTIN_FALLBACK, load_matrix, matrix_for
 from omnitrace.verify.rules import RULES
 from omnitrace.verify.table import render
 
 MATRIX_HELP = "a matrix YAML file (default: the built-in vllm-omni matrix)"
+VERIFY_MATRIX_HELP = ("a matrix YAML file (default: the one the recording's header carries, "
+                      "else the built-in vllm-omni matrix)")
 
 
 @click.command()
 @click.argument("timeline", type=click.Path(dir_okay=False))
-@click.option("--matrix", "matrix_file", metavar="FILE", help=MATRIX_HELP)
+@click.option("--matrix", "matrix_file", metavar="FILE", help=VERIFY_MATRIX_HELP)
 @click.option("--scenario", "scenario_glob", metavar="GLOB",
               help="check only scenarios whose id matches, e.g. 'under-load/*'")
 @click.option("--json", "json_out", metavar="OUT", help="write the JSON report here ('-' = stdout)")
@@ -30,13 +33,17 @@ MATRIX_HELP = "a matrix YAML file (default: the built-in vllm-omni matrix)"
 @click.option("--pushgateway", metavar="URL", help="push verdict metrics to this Pushgateway")
 def verify(timeline, matrix_file, scenario_glob, json_out, junit_out, strict, lenient, verbose,
            prometheus_textfile, pushgateway):
-    """Check TIMELINE against the fault-injection matrix.
+    """Check TIMELINE against the fault-injection matrix it was recorded with (its header names
+    it; --matrix overrides; without either, the built-in one).
 
-    Exit status: 0 all pass, 1 any failure (or inconclusive with --strict), 2 bad input."""
-    matrix = load_matrix(matrix_file)
+    Exit status: 0 all pass, 1 any failure (or inconclusive with --strict), 2 bad input,
+    including a scenario with no row in the matrix."""
     loaded = read_timeline(timeline, lenient=lenient)
+    matrix, origin = matrix_for(loaded.header, matrix_file, timeline)
     settle_for_analysis()
     report = verify_timeline(loaded, matrix, scenario_glob)
+    if origin == BUILTIN_FALLBACK:
+        report.warnings.append(f"checked against {origin}")
     if prometheus_textfile or pushgateway:
         from omnitrace.export.prometheus import export_verdicts
         export_verdicts(report, prometheus_textfile, pushgateway, header=loaded.header)
@@ -50,7 +57,18 @@ def verify(timeline, matrix_file, scenario_glob, json_out, junit_out, strict, le
     if junit_out:
         with open(junit_out, "w", encoding="utf-8") as out:
             out.write(to_junit(report, strict))
+    _fail_on_rowless(report, matrix.name, origin)
     raise click.exceptions.Exit(report.exit_code(strict))
+
+
+def _fail_on_rowless(report, matrix_name: str, origin: str) -> None:
+    """A scenario the matrix has no row for was checked against nothing: that is the wrong
+    matrix (or a recording of another one), never a pass."""
+    rowless = [s.id for s in report.scenarios if s.row is None]
+    if rowless:
+        raise OmnitraceError(f"{len(rowless)} scenario(s) have no row in matrix {matrix_name} "
+                             f"(from {origin}), so nothing was checked: {', '.join(rowless)}; "
+                             f"give the matrix it was recorded with: --matrix FILE")
 
 
 @click.group()

@@ -2,12 +2,16 @@
 
     matrix = load_matrix(None)            # the built-in vllm-omni matrix
     matrix = load_matrix("mine.yaml")     # a file; `extends: vllm-omni` starts from the built-in
+    matrix, origin = matrix_for(timeline.header, None, path)   # what a recording was made with
 
 Errors name the file, the path in the document (and its line) and what is wrong.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -87,10 +91,76 @@ def load_matrix(path: str | Path | None = None) -> Matrix:
             raise MatrixError(docs[0][1], "extends", f"{parent} extends itself in a cycle")
         seen.add(parent)
         docs.insert(0, _read(parent))
+    return _merged(docs)
+
+
+def _merged(docs: list[tuple[dict, str, Any]]) -> Matrix:
+    """Each (document, its source, its YAML node or None) merged onto the ones before it."""
     merged: dict[str, Any] = {"patterns": {}, "thresholds": {}, "rows": []}
     for doc, source, lines in docs:
         _merge(merged, doc, source, lines)
     return merged["_matrix"]
+
+
+# -- the matrix a recording was made with (its header's `matrix`, docs/timeline-format.md) ----
+
+def header_entry(matrix: Matrix) -> dict[str, Any]:
+    """What `omnitrace record --matrix` writes into the header: the matrix resolved into one
+    document (no `extends`: the files it came from may not exist where the recording is
+    verified), its sources for people, and a digest that tells an edited copy."""
+    document = to_document(matrix)
+    return {"name": matrix.name, "sources": list(matrix.sources), "sha256": _digest(document),
+            "document": document}
+
+
+def to_document(matrix: Matrix) -> dict[str, Any]:
+    """The matrix as one stand-alone document that load_matrix's rules accept."""
+    rows = []
+    for row in matrix.rows:
+        raw = {"id": row.id, "load": row.load, "fault": row.fault, "target": row.target,
+               "observe_s": row.observe_s, "rules": list(row.rules),
+               "thresholds": dict(row.thresholds), "behaviour": row.behaviour,
+               "issues": list(row.issues)}
+        if row.pattern is not None:
+            raw["pattern"] = row.pattern
+        rows.append(raw)
+    return {"matrix": matrix.name, "description": matrix.description,
+            "patterns": dataclasses.asdict(matrix.patterns),
+            "load_settings": dict(matrix.load_settings), "rows": rows}
+
+
+def from_header(entry: Any, where: str) -> Matrix:
+    """The matrix a recording's header carries, checked against its digest and validated like
+    a file (errors name `where`, the recording)."""
+    source = f"{where}: header matrix"
+    if not isinstance(entry, dict) or not isinstance(entry.get("document"), dict):
+        raise MatrixError(source, "document", "missing or not a mapping")
+    document = entry["document"]
+    if entry.get("sha256") != _digest(document):
+        raise MatrixError(source, "sha256", "does not match the document (the header was edited "
+                          "or is corrupt); give the matrix with --matrix FILE")
+    if "extends" in document:
+        raise MatrixError(source, "document.extends", "a recorded matrix is resolved: it extends "
+                          "nothing")
+    return _merged([(document, f"{source} {entry.get('name')!s}", None)])
+
+
+def _digest(document: dict[str, Any]) -> str:
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def matrix_for(header: dict[str, Any], matrix_file: str | None, where: str) -> tuple[Matrix, str]:
+    """The matrix to verify a recording against, and where it came from (for the report): the
+    one given (--matrix), else the one its header carries, else the built-in one."""
+    if matrix_file:
+        return load_matrix(matrix_file), f"--matrix {matrix_file}"
+    if "matrix" in header:
+        return from_header(header["matrix"], where), "the recording's header"
+    return load_matrix(None), BUILTIN_FALLBACK
+
+
+BUILTIN_FALLBACK = f"the built-in {BUILTIN} matrix (the recording names none)"
 
 
 # libyaml's loader where PyYAML was built with it: the pure-Python one took 0.5 s per verify
