@@ -10,6 +10,7 @@ import gc
 import json
 import os
 import platform
+import re
 import socket
 import threading
 import time
@@ -352,11 +353,16 @@ FOOTER_FIELDS = {
 
 def _stdlib_loads(raw: bytes) -> Any:
     """json.loads made as strict as orjson: integers beyond 64 bits and nesting too deep for
-    Python's stack are bad JSON, not a crash later."""
+    Python's stack are bad JSON, not a crash later. Only a line with a long run of digits pays
+    for the integer hook (a Python call per integer)."""
+    hook = _bounded_int if _LONG_DIGITS.search(raw) else None
     try:
-        return json.loads(raw, parse_int=_bounded_int)
+        return json.loads(raw, parse_int=hook)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+
+
+_LONG_DIGITS = re.compile(rb"\d{21}")   # 2**64 has 20 digits
 
 
 def _bounded_int(text: str) -> int:

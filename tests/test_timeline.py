@@ -105,3 +105,19 @@ def test_wait_status_decoding():
     assert ev.signal_number("KILL") == ev.signal_number("SIGKILL") == ev.signal_number("9") == 9
     with pytest.raises(ValueError):
         ev.signal_number("SIGNOPE")
+
+
+def test_without_orjson_huge_integers_and_deep_nesting_are_bad_lines(tmp_path, monkeypatch):
+    """The stdlib fallback is as strict as orjson: no 400-digit pid reaches the model, and a
+    deep line is bad JSON instead of a RecursionError."""
+    import omnitrace.timeline as timeline
+    monkeypatch.setattr(timeline, "_loads", timeline._stdlib_loads)
+    path = tmp_path / "t.jsonl"
+    for bad, problem in (('{"kind":"exit","t":5,"pid":' + "9" * 400 + ',"tid":2}', "64 bits"),
+                         ("[" * 100_000 + "]" * 100_000, "nested too deeply")):
+        write_timeline(path, make_header([], {}), sample_events(), {"t": 70})
+        lines = path.read_text().splitlines()
+        path.write_text("\n".join(lines[:2] + [bad] + lines[2:]) + "\n")
+        with pytest.raises(TimelineError, match=f":3: not valid JSON .*{problem}"):
+            read_timeline(path)
+        assert len(read_timeline(path, lenient=True).events) == len(sample_events())
