@@ -14,7 +14,7 @@ from omnitrace.model.process import TERMINATING_SIGNALS, SignalReceipt
 from omnitrace.model.roles import (ENGINE, HELPER, OTHER, SERVE, WORKER, RolePatterns,
                                    assign_roles, find_servers)
 from omnitrace.model.scenarios import find_scenarios
-from omnitrace.verify.matrix import load_matrix
+from omnitrace.verify.matrix import matrix_for
 
 SIGKILL = 9
 # The model's roles as a person names them. verify treats a helper-pattern match and any other
@@ -67,20 +67,30 @@ def display_roles(model: Model, patterns: RolePatterns) -> dict[int, str]:
 
 def display_name(name: str, cmdline: list[str], width: int = 60) -> str:
     """The title, or for an interpreter ('python3', 'sh') what it runs: 'python3 -m x.y args'."""
-    text = name or " ".join(cmdline)
-    if name in INTERPRETERS and len(cmdline) > 1:
-        text = " ".join([name, *cmdline[1:]])
+    args = [a for a in cmdline if a]      # setproctitle pads argv with empty strings
+    text = name or " ".join(args)
+    if name in INTERPRETERS and len(args) > 1:
+        text = " ".join([name, *args[1:]])
+    return _cut(text, width)
+
+
+def command_summary(cmdline: list[str], width: int = 90) -> str:
+    """A command as a person would say it: '/venv/bin/python3 /venv/bin/vllm serve /m/tiny' is
+    'vllm serve tiny' (the interpreter of a script dropped, absolute paths by their last part)."""
+    args = [a for a in cmdline if a]
+    if len(args) > 1 and Path(args[0]).name in INTERPRETERS and not args[1].startswith("-"):
+        args = args[1:]
+    return _cut(" ".join(Path(a).name if a.startswith("/") else a for a in args), width)
+
+
+def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def role_patterns(header: dict, matrix_file: str | None) -> RolePatterns:
-    """The role patterns of --matrix FILE, else of the matrix the recording's header names (when
-    its file is here), else of the built-in matrix: the ones verify would use."""
-    named = header.get("matrix")
-    path = named.get("path") if isinstance(named, dict) else None
-    if matrix_file is None and isinstance(path, str) and Path(path).is_file():
-        matrix_file = path
-    return load_matrix(matrix_file).patterns
+def role_patterns(header: dict, matrix_file: str | None, where: str) -> RolePatterns:
+    """The role patterns verify would use on this recording (`where`, for errors): --matrix
+    FILE's, else those of the matrix the header carries, else the built-in matrix's."""
+    return matrix_for(header, matrix_file, where)[0].patterns
 
 
 # --- signals --------------------------------------------------------------------------------------

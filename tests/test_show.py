@@ -13,6 +13,7 @@ from omnitrace.events import Exit, ExitGroup, Fork, Reap, SignalDeliver
 from omnitrace.model import build_model
 from omnitrace.show import processes_view
 from omnitrace.timeline import make_header, read_timeline, write_timeline
+from omnitrace.verify.matrix import header_entry, load_matrix
 
 MATRIX_VLLM = "examples/vllm-cpu/matrix.yaml"
 # The real vLLM recording's pids (tests/data/vllm-sigkill-serve.jsonl.gz)
@@ -127,11 +128,11 @@ def test_the_kernel_ending_the_other_threads_at_exit_is_named_as_such(tmp_path, 
 
 
 @pytest.mark.parametrize("named_by", ["option", "header"])
-def test_roles_come_from_the_matrix_given_or_named_by_the_recording(tmp_path, capsys, named_by):
+def test_roles_come_from_the_matrix_given_or_carried_by_the_recording(tmp_path, capsys, named_by):
     matrix = tmp_path / "m.yaml"
     matrix.write_text("extends: vllm-omni\nmatrix: mine\npatterns:\n  serve: [mysrv]\n"
                       "  worker: [mywork]\n")
-    header = {"matrix": {"path": str(matrix)}} if named_by == "header" else None
+    header = {"matrix": header_entry(load_matrix(matrix))} if named_by == "header" else None
     path = _write(tmp_path / "roles.jsonl", header,
                   Fork(t=10, pid=200, tid=200, ppid=100, comm="mysrv"),
                   Fork(t=20, pid=201, tid=201, ppid=200, comm="mywork"),

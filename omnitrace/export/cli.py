@@ -8,6 +8,7 @@ import click
 
 from omnitrace.errors import OmnitraceError
 from omnitrace.timeline import Timeline, read_timeline
+from omnitrace.verify.matrix import Matrix, matrix_for
 
 _TIMELINE = click.argument("timeline_file", metavar="FILE", type=click.Path(dir_okay=False))
 _LENIENT = click.option("--lenient", is_flag=True, help="Skip corrupt lines instead of stopping.")
@@ -60,13 +61,18 @@ def otlp(timeline_file: str, endpoint: str | None, output: str | None, lenient: 
               help="HTML file to write.")
 @click.option("--verdicts", "verdicts_file", type=click.Path(dir_okay=False, exists=True),
               help="Use this `omnitrace verify --json` output instead of verifying again.")
+@click.option("--matrix", "matrix_file", metavar="FILE",
+              help="The matrix to verify with and whose patterns name the roles (default: the "
+                   "one the recording carries, else the built-in one).")
 @_LENIENT
-def report(timeline_file: str, output: str, verdicts_file: str | None, lenient: bool) -> None:
+def report(timeline_file: str, output: str, verdicts_file: str | None, matrix_file: str | None,
+           lenient: bool) -> None:
     """Write one self-contained HTML page: verdicts and a timeline picture per scenario."""
     from omnitrace.export.html import export_html
     timeline = _read(timeline_file, lenient)
-    verdicts = _load_verdicts(verdicts_file) if verdicts_file else _verify(timeline)
-    export_html(timeline, output, verdicts)
+    matrix, _ = matrix_for(timeline.header, matrix_file, timeline_file)
+    verdicts = _load_verdicts(verdicts_file) if verdicts_file else _verify(timeline, matrix)
+    export_html(timeline, output, verdicts, matrix.patterns)
     click.echo(f"wrote {output}")
 
 
@@ -78,8 +84,7 @@ def _load_verdicts(path: str) -> dict:
                              "output") from None
 
 
-def _verify(timeline: Timeline) -> dict:
-    """Verdicts from verify's engine against the built-in matrix, as its documented JSON dict."""
+def _verify(timeline: Timeline, matrix: Matrix) -> dict:
+    """Verdicts from verify's engine against `matrix`, as its documented JSON dict."""
     from omnitrace.verify.engine import verify_timeline
-    from omnitrace.verify.matrix import load_matrix
-    return verify_timeline(timeline, load_matrix(None)).to_dict()
+    return verify_timeline(timeline, matrix).to_dict()
