@@ -46,23 +46,26 @@ def process_view(model: Model, proc: Process) -> dict[str, Any]:
     }
 
 
+def _by_start(model: Model) -> list[Process]:
+    """Processes that predate the recording first, then by start time."""
+    return sorted(model.processes, key=lambda p: (p.start is not None, p.start or 0, p.pid))
+
+
 def processes_view(model: Model) -> list[dict[str, Any]]:
-    ordered = sorted(model.processes, key=lambda p: (p.start is not None, p.start or 0, p.pid))
-    return [process_view(model, p) for p in ordered]
+    return [process_view(model, p) for p in _by_start(model)]
 
 
 def annotated_views(model: Model, patterns: RolePatterns) -> list[dict[str, Any]]:
     """processes_view plus the fields added to the contract since: role, in_recorded_tree and
     signals (signals_received with per-thread deliveries folded into the signal that caused
     them). Existing fields never change."""
-    ordered = sorted(model.processes, key=lambda p: (p.start is not None, p.start or 0, p.pid))
     roles = display_roles(model, patterns)
     tree = recorded_tree(model)
     return [{**process_view(model, p),
              "role": roles.get(id(p)),
              "in_recorded_tree": tree is None or id(p) in tree,
              "signals": [signal_group_dict(g, model.t0) for g in grouped_signals(p)]}
-            for p in ordered]
+            for p in _by_start(model)]
 
 
 def _fmt_time(value: float | None) -> str:
@@ -147,13 +150,13 @@ def _sigchld_text(children: list[dict[str, Any]]) -> str:
               help="Also list processes outside the recorded tree (the recorder, outside senders).")
 @click.option("--matrix", "matrix_file", metavar="FILE",
               help="The matrix whose role patterns name server, engine, worker and helper "
-                   "(default: the one the recording names, else the built-in one).")
+                   "(default: the one the recording carries, else the built-in one).")
 def show(file, as_json, lenient, show_all, matrix_file):
     """Show each process of a recording: role, parent, lifetime, exit status, reaper, signals."""
     timeline = read_timeline(file, lenient=lenient)
     for warning in timeline.warnings:
         click.echo(f"omnitrace: warning: {warning}", err=True)
-    patterns = role_patterns(timeline.header, matrix_file)
+    patterns = role_patterns(timeline.header, matrix_file, file)
     views = annotated_views(build_model(timeline), patterns)
     if as_json:
         json.dump(views, sys.stdout, indent=2)

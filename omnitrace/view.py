@@ -24,7 +24,7 @@ DISPLAY_ROLES = {SERVE: "server", ENGINE: "engine", WORKER: "worker", HELPER: "h
 INTERPRETERS = frozenset({"python", "python3", "bash", "sh", "dash"})
 
 
-# --- which processes the recording was about --------------------------------------------------------
+# --- which processes the recording was about ------------------------------------------------
 def recorded_tree(model: Model) -> set[int] | None:
     """id()s of the recorded command (or the attached processes) and all they forked; None when
     the recording traced everything or does not say what it recorded (a hand-made file).
