@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter, methodcaller
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
 SIGNAL_NAMES = {
     1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 7: "SIGBUS",
@@ -392,27 +392,37 @@ def checked_fields(cls: type[Event], values: dict[str, Any]) -> dict[str, Any]:
     return known
 
 
-def well_typed(cls: type[Event], events: list[Event]) -> bool:
+def well_typed(cls: type[Event], events: list[Event], ints_bounded: bool = True) -> bool:
     """Whether every field of these events (all of type `cls`, made without checks) has its
     declared type. Column by column, in C (map, attrgetter, set): the 1,000,000-event read
     cannot afford a Python step per field. False says only that some line is bad; the careful
-    reader finds which. Integers need no range test here: orjson yields none beyond 64 bits."""
+    reader finds which. `ints_bounded`: the parser yields no integer beyond 64 bits (orjson);
+    otherwise integer columns are range-checked too."""
     for name, declared, _ in _FIELDS[cls]:
         column = attrgetter(name)
         if not declared.type_set.issuperset(map(type, map(column, events))):
             return False
-        if declared.items is not None and not {declared.items}.issuperset(
-                map(type, chain.from_iterable(map(column, events)))):
+        if not ints_bounded and int in declared.types and not _ints_in_range(map(column, events)):
             return False
+        if declared.items is not None:
+            items = list(chain.from_iterable(map(column, events)))
+            if not {declared.items}.issuperset(map(type, items)) or (
+                    not ints_bounded and not _ints_in_range(items)):
+                return False
         if declared.check_value is _check_attributes and not _attributes_well_typed(
-                list(map(column, events))):
+                list(map(column, events)), ints_bounded):
             return False
     return True
 
 
-def _attributes_well_typed(attribute_sets: list[dict[str, Any]]) -> bool:
-    """One pass over every (key, type of value) pair; the few attributes that hold lists (marks)
-    have their items looked at after."""
+def _ints_in_range(values: Iterable[Any]) -> bool:
+    ints = list(filter(int.__instancecheck__, values))
+    return not ints or (INT64_MIN <= min(ints) and max(ints) <= UINT64_MAX)
+
+
+def _attributes_well_typed(attribute_sets: list[dict[str, Any]], ints_bounded: bool) -> bool:
+    """One pass over every (key, type of value) pair; then the values of the few declared
+    attributes that need more than their type (lists, integers from an unbounded parser)."""
     keys = chain.from_iterable(attribute_sets)
     value_types = map(type, chain.from_iterable(map(dict.values, attribute_sets)))
     for key, value_type in set(zip(keys, value_types)):
@@ -421,8 +431,13 @@ def _attributes_well_typed(attribute_sets: list[dict[str, Any]]) -> bool:
             continue
         if value_type not in declared.types:
             return False
-        if declared.items is not None and not {declared.items}.issuperset(
-                map(type, chain.from_iterable(map(methodcaller("get", key, ()), attribute_sets)))):
+        if declared.items is not None:
+            items = list(chain.from_iterable(map(methodcaller("get", key, ()), attribute_sets)))
+            if not {declared.items}.issuperset(map(type, items)) or (
+                    not ints_bounded and not _ints_in_range(items)):
+                return False
+        elif not ints_bounded and value_type is int and not _ints_in_range(
+                map(methodcaller("get", key), attribute_sets)):
             return False
     return True
 

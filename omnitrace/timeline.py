@@ -10,7 +10,6 @@ import gc
 import json
 import os
 import platform
-import re
 import socket
 import threading
 import time
@@ -246,7 +245,9 @@ class _BodyReader:
     def read(self, lines: list[bytes]) -> tuple[list[Event], dict[str, Any] | None]:
         warned = len(self.warnings)
         events, unchecked = self._read_fast(lines)
-        if not all(well_typed(EVENT_TYPES[kind], group) for kind, group in unchecked.items()):
+        bounded = orjson is not None and _loads is orjson.loads   # no integer beyond 64 bits
+        if not all(well_typed(EVENT_TYPES[kind], group, ints_bounded=bounded)
+                   for kind, group in unchecked.items()):
             del self.warnings[warned:]      # the careful pass reports every bad line itself
             self.footer, self.footer_line = None, 0
             events = self._read_carefully(lines)
@@ -352,23 +353,13 @@ FOOTER_FIELDS = {
 
 
 def _stdlib_loads(raw: bytes) -> Any:
-    """json.loads made as strict as orjson: integers beyond 64 bits and nesting too deep for
-    Python's stack are bad JSON, not a crash later. Only a line with a long run of digits pays
-    for the integer hook (a Python call per integer)."""
-    hook = _bounded_int if _LONG_DIGITS.search(raw) else None
+    """json.loads where orjson is missing: nesting too deep for Python's stack is bad JSON, not
+    a RecursionError. Its integers are unbounded: the field checks test their range
+    (well_typed's ints_bounded=False; FieldType.check always)."""
     try:
-        return json.loads(raw, parse_int=hook)
+        return json.loads(raw)
     except RecursionError:
         raise ValueError("nested too deeply") from None
-
-
-_LONG_DIGITS = re.compile(rb"\d{21}")   # 2**64 has 20 digits
-
-
-def _bounded_int(text: str) -> int:
-    if len(text) > 20:
-        raise ValueError(f"integer {text[:20]}... does not fit in 64 bits")
-    return int(text)
 
 
 _loads = orjson.loads if orjson is not None else _stdlib_loads

@@ -108,16 +108,21 @@ def test_wait_status_decoding():
 
 
 def test_without_orjson_huge_integers_and_deep_nesting_are_bad_lines(tmp_path, monkeypatch):
-    """The stdlib fallback is as strict as orjson: no 400-digit pid reaches the model, and a
+    """The stdlib fallback is as strict as orjson: no 400-digit integer reaches the model, and a
     deep line is bad JSON instead of a RecursionError."""
     import omnitrace.timeline as timeline
     monkeypatch.setattr(timeline, "_loads", timeline._stdlib_loads)
     path = tmp_path / "t.jsonl"
-    for bad, problem in (('{"kind":"exit","t":5,"pid":' + "9" * 400 + ',"tid":2}', "64 bits"),
-                         ("[" * 100_000 + "]" * 100_000, "nested too deeply")):
+    huge = "9" * 400
+    for bad, problem in (('{"kind":"exit","t":5,"pid":' + huge + ',"tid":2}',
+                          "field 'pid': expected an integer, got a 400-digit number"),
+                         ('{"kind":"span","t":5,"end":6,"name":"x","attributes":'
+                          '{"omnitrace.fault.pids":[' + huge + ']}}',
+                          "field 'attributes.omnitrace.fault.pids': expected a list of integers"),
+                         ("[" * 100_000 + "]" * 100_000, "not valid JSON .*nested too deeply")):
         write_timeline(path, make_header([], {}), sample_events(), {"t": 70})
         lines = path.read_text().splitlines()
         path.write_text("\n".join(lines[:2] + [bad] + lines[2:]) + "\n")
-        with pytest.raises(TimelineError, match=f":3: not valid JSON .*{problem}"):
+        with pytest.raises(TimelineError, match=f":3: {problem}"):
             read_timeline(path)
         assert len(read_timeline(path, lenient=True).events) == len(sample_events())
