@@ -251,7 +251,8 @@ def _frame(canvas: _Canvas, top: int, height: float) -> tuple[list[str], list[st
         under.append(f'<rect class="after" x="{x:.1f}" y="{top}" width="{canvas.x(w.end) - x:.1f}" '
                      f'height="{height - top:.0f}"><title>after the scenario window: what the '
                      f'runner did to clean up</title></rect>')
-        over.append(f'<line class="window-end" x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{height:.0f}"/>')
+        over.append(f'<line class="window-end" x1="{x:.1f}" y1="{top}" x2="{x:.1f}" '
+                    f'y2="{height:.0f}"/>')
     for t in _ticks(w):
         x = canvas.x(t)
         under.append(f'<line class="grid" x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{height:.0f}"/>')
@@ -279,7 +280,8 @@ def _axis(canvas: _Canvas) -> None:
         pids = ", ".join(str(p) for p in fault.pids)
         text = f"{label} → {fault.target or ''} {pids}"
         x = canvas.x(fault.t)
-        canvas.add(f'<text class="fault-label" {_text_x(x, 7 * len(text))} y="26">{_e(text)}</text>')
+        canvas.add(f'<text class="fault-label" {_text_x(x, 7 * len(text))} y="26">'
+                   f'{_e(text)}</text>')
     if w.window_end is not None and w.window_end < w.end:
         _window_end_labels(canvas, w.window_end)
 
@@ -426,8 +428,8 @@ def _life_segments(canvas: _Canvas, ctx: _Context, proc: Process, mid: float, or
     start = proc.start if proc.start is not None else w.start
     end = proc.exit_t if proc.exit_t is not None else w.end
     split = orphaned.t if orphaned is not None and start <= orphaned.t <= end else end
-    canvas.add(f'<line class="life" x1="{canvas.x(start):.1f}" y1="{mid}" x2="{canvas.x(split):.1f}" '
-               f'y2="{mid}"><title>{_e(proc.label())}</title></line>')
+    canvas.add(f'<line class="life" x1="{canvas.x(start):.1f}" y1="{mid}" '
+               f'x2="{canvas.x(split):.1f}" y2="{mid}"><title>{_e(proc.label())}</title></line>')
     if split < end:
         x = canvas.x(split)
         canvas.add(f'<line class="life orphan" x1="{x:.1f}" y1="{mid}" x2="{canvas.x(end):.1f}" '
@@ -496,8 +498,8 @@ def _helper_names(helpers: list[Process]) -> str:
 def _helpers_row(canvas: _Canvas, helpers: list[Process], y: float) -> None:
     """One row, a tick per helper's life: when the tree forked its helpers, without a row each."""
     mid = y + ROW_H / 2
-    canvas.add(f'<text class="proc helpers" x="4" y="{mid + 4:.1f}"><title>{_e(_helper_names(helpers))}'
-               f'</title>{len(helpers)} short-lived helpers</text>'
+    canvas.add(f'<text class="proc helpers" x="4" y="{mid + 4:.1f}"><title>'
+               f'{_e(_helper_names(helpers))}</title>{len(helpers)} short-lived helpers</text>'
                f'<text class="role" x="{ROLE_X}" y="{mid + 4:.1f}">helper</text>')
     for proc in helpers:
         x1 = canvas.x(proc.start)
