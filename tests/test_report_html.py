@@ -169,3 +169,28 @@ def test_testbed_report_draws_its_gpu_and_the_stages_orphaned_to_the_runner(
     assert "(the runner)" in picture and 'class="window-end"' in picture
     assert 'class="gpu"' in picture                                      # the stages held memory
     assert len(screenshot(tmp_path, page, "testbed.png")) > 20_000
+
+
+def test_a_fault_late_in_a_long_window_gets_a_closer_picture(tmp_path):
+    """100 s of start-up, the fault at +95 s: the aftermath would be a few pixels wide."""
+    from omnitrace.events import Fork, Span
+    from omnitrace.timeline import make_header, write_timeline
+    s = 1_000_000_000
+
+    def mark(t, end, kind, **attrs):
+        return Span(t=t, end=end, name=kind, source="otlp", attributes={
+            "omnitrace.mark": kind, "omnitrace.scenario": "no-load/sigkill/serve",
+            "omnitrace.server.pid": 500, **attrs})
+
+    path = tmp_path / "late.jsonl"
+    write_timeline(path, {**make_header(["driver"], {"kernel": {}}), "t0": 0},
+                   [Fork(t=1 * s, pid=500, tid=500, ppid=1, comm="server"),
+                    mark(1 * s, 100 * s, "scenario"),
+                    mark(95 * s, 95 * s + 1000, "fault", **{"omnitrace.fault.signal": "SIGKILL",
+                                                           "omnitrace.fault.pids": [500]})],
+                   {"t": 101 * s})
+    page = tmp_path / "late.html"
+    assert main(["report", str(path), "-o", str(page), "--verdicts", str(_empty(tmp_path))]) == 0
+    text = page.read_text()
+    assert text.count('<div class="picture">') == 2
+    assert "<h3>around the fault: -6 s to +6 s</h3>" in text

@@ -113,16 +113,19 @@ def _e(value: Any) -> str:
 
 
 def _page_title(model: Model, windows: list[_Window], report: dict[str, Any] | None) -> str:
-    """'no-load/sigkill/serve · vllm serve /models/tiny --port 8000 … · fail': what was done to
-    which server, and how it went (the worst scenario's verdict)."""
-    named = [w.scenario for w in windows if w.scenario]
-    what = (named[0] if len(named) == 1 else f"{len(named)} scenarios" if named
-            else "recording without scenarios")
-    server = next((model.process(w.server_pid, w.zero) for w in windows if w.server_pid), None)
-    parts = [what, command_summary(server.cmdline, 50) if server is not None else ""]
-    verdicts = {_scenario_result(report, s) for s in named}
-    parts.append(next((v for v in VERDICT_ORDER if v in verdicts), "no verdict"))
-    return " · ".join(p for p in parts if p)
+    """'no-load/sigkill/serve · vllm serve tiny --port 8000 … · fail': what was done to which
+    server, and how it went (the worst scenario's verdict). Scenarios and server from the marks,
+    else from verify's report (it detects scenarios in a recording without marks)."""
+    reported = (report or {}).get("scenarios", [])
+    ids = [w.scenario for w in windows if w.scenario] or [s.get("id") for s in reported]
+    what = ids[0] if len(ids) == 1 else f"{len(ids)} scenarios" if ids else "no scenario"
+    server_pid = next((p for p in [w.server_pid for w in windows]
+                       + [s.get("server_pid") for s in reported] if p), None)
+    server = model.process(server_pid) if server_pid else None
+    verdicts = {_scenario_result(report, s) for s in ids}
+    return " · ".join(part for part in [
+        what, command_summary(server.cmdline, 50) if server is not None else "",
+        next((v for v in VERDICT_ORDER if v in verdicts), "no verdict")] if part)
 
 
 # --- verdict table --------------------------------------------------------------------------------
@@ -317,21 +320,24 @@ def _band_title(canvas: _Canvas, y: float, text: str) -> float:
 # --- one scenario's picture -----------------------------------------------------------------------
 def _scenario_section(ctx: _Context, w: _Window, verdict: str | None) -> str:
     procs = _processes(ctx, w)
-    _, helpers = _split_helpers(ctx, procs, w)
     badge = (f'<span class="v {VERDICT_CLASSES.get(verdict, "inc")}">{_e(verdict)}</span>'
              if verdict else "")
     notes = [_gpu_note(ctx, w, procs), *_http_notes(ctx.model, w), *_orphan_notes(ctx, w, procs)]
     zoom = _around_the_fault(w)
     closer = (f'<h3>around the fault: {_seconds(zoom.start - zoom.zero)} s to '
-              f'{_seconds(zoom.end - zoom.zero)} s</h3>{_picture(ctx, zoom)}' if zoom else "")
+              f'{_seconds(zoom.end - zoom.zero)} s</h3>{_picture(ctx, zoom, _processes(ctx, zoom))}'
+              if zoom else "")
     return (f'<section class="scenario" id="{_anchor(w.scenario or "all")}" '
             f'data-scenario="{_e(w.scenario or "")}"><h2>{_e(w.title)} {badge}</h2>'
-            f'{_picture(ctx, w)}{"".join(f"<p class=note>{_e(n)}</p>" for n in notes if n)}'
-            f'{_helpers_details(ctx, w, helpers)}{closer}</section>')
+            f'{_picture(ctx, w, procs)}{"".join(_note(n) for n in notes if n)}'
+            f'{_helpers_details(ctx, w, _split_helpers(ctx, procs, w)[1])}{closer}</section>')
 
 
-def _picture(ctx: _Context, w: _Window) -> str:
-    procs = _processes(ctx, w)
+def _note(text: str) -> str:
+    return f'<p class="note">{_e(text)}</p>'
+
+
+def _picture(ctx: _Context, w: _Window, procs: list[Process]) -> str:
     rows, helpers = _split_helpers(ctx, procs, w)
     bands = [_process_band(ctx, w, rows, helpers), _gpu_band(ctx, w, procs),
              _http_band(ctx.model, w)]
