@@ -163,3 +163,24 @@ def test_gpu_holders_that_are_not_hogs_start_no_oom_scenario():
     b.gpu_proc(0, 300, 55, FAULT + 0.5)    # 55 of 59.5 GiB free: the hog
     (scenario,) = find_scenarios(build_model(b.timeline()), RolePatterns())
     assert (scenario.id, scenario.target_pids) == ("oom/gpu-hog", [300])
+
+
+def test_real_vllm_recording_roles_ignore_titles_inherited_at_fork(tmp_path):
+    """In the recorded vLLM 0.32 tree the engine core and the worker fork `file`, `sh` and
+    `lscpu`, which start with their parent's comm: they are not workers, and the worker (whose
+    `sh` child once looked like a worker) is not taken for an engine."""
+    import gzip
+    from pathlib import Path
+    from omnitrace.timeline import read_timeline
+    path = tmp_path / "vllm.jsonl"
+    path.write_bytes(gzip.decompress((Path(__file__).parent / "data" /
+                                      "vllm-sigkill-serve.jsonl.gz").read_bytes()))
+    model = build_model(read_timeline(path))
+    patterns = RolePatterns(worker=["VLLM::Worker"], engine=["VLLM::EngineCore"])
+    (server,) = [s for s in find_servers(model, patterns) if "vllm" in s.name]
+    roles = assign_roles(model, server, patterns)
+    by_role = {}
+    for proc in roles.tree:
+        by_role.setdefault(roles.of(proc), []).append(proc.name)
+    assert by_role["engine"] == ["VLLM::EngineCore"] and by_role["worker"] == ["VLLM::Worker"]
+    assert not {"sh", "file", "lscpu", "uname"} & set(by_role["engine"] + by_role["worker"])

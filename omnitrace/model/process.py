@@ -102,6 +102,16 @@ class Process:
         """Everything a role pattern may match: every title it had, and its cmdline."""
         return " ".join([n for _, n in self.names] + self.cmdline)
 
+    def own_names(self) -> str:
+        """What a role pattern may match: every title it gave itself, and its cmdline. A forked
+        child starts with its parent's name (the fork record's comm) until it execs or renames;
+        once it has, that inherited name is the parent's, not its own: real vLLM's workers fork
+        `sh`, `file` and `lscpu` that would otherwise pass for `VLLM::Worker`."""
+        names = [n for _, n in self.names]
+        if len(names) > 1 and self.start is not None and self.names[0][0] == self.start:
+            names = names[1:]
+        return " ".join(names + self.cmdline)
+
     def label(self) -> str:
         title = self.name or (self.cmdline[0] if self.cmdline else "?")
         if self.cmdline and title in ("python", "python3") and len(self.cmdline) > 1:

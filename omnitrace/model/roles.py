@@ -27,7 +27,7 @@ class RolePatterns:
 
 
 def matches(proc: Process, patterns: list[str]) -> bool:
-    text = proc.all_names()
+    text = proc.own_names()
     return any(p in text for p in patterns)
 
 
