@@ -9,7 +9,8 @@ import re
 import pytest
 
 from omnitrace.cli import main
-from omnitrace.events import Exit, ExitGroup, Fork, Reap, SignalDeliver
+from omnitrace.events import (Exit, ExitGroup, Fork, ProcSnapshot, Reap, SignalDeliver,
+                              SignalGenerate)
 from omnitrace.model import build_model
 from omnitrace.show import processes_view
 from omnitrace.timeline import make_header, read_timeline, write_timeline
@@ -125,6 +126,24 @@ def test_the_kernel_ending_the_other_threads_at_exit_is_named_as_such(tmp_path, 
         "the group's exit"]
     [kill] = json.loads(show(capsys, path, "--json"))[0]["signals"]
     assert kill["by_kernel"] is True and kill["threads"] == 3
+
+
+def test_an_attached_recording_shows_the_attached_tree_and_everything_with_all(tmp_path, capsys):
+    """--attach 300: 300 and what it forked are the tree; 999, seen only as a signal's target,
+    is not; a --all recording has no outside."""
+    events = [ProcSnapshot(t=5, pid=300, ppid=1, name="app", state="running", reason="start"),
+              Fork(t=10, pid=301, tid=301, ppid=300, comm="child"),
+              SignalGenerate(t=20, sender_pid=300, sender_tid=300, sender_comm="app",
+                             target_pid=999, target_tid=999, target_comm="other", signal=15)]
+    attached = _write(tmp_path / "attach.jsonl", {"attach": [300], "command": []}, *events)
+    views = {v["pid"]: v for v in json.loads(show(capsys, attached, "--json"))}
+    assert {pid: v["in_recorded_tree"] for pid, v in views.items()} == {
+        300: True, 301: True, 999: False}
+    table = show(capsys, attached).splitlines()
+    assert not any(re.match(r"\s*999\s", line) for line in table)
+    assert table[-1].startswith("(1 process outside the recorded tree not shown: pid 999;")
+    everything = _write(tmp_path / "all.jsonl", {"trace_all": True, "command": []}, *events)
+    assert all(v["in_recorded_tree"] for v in json.loads(show(capsys, everything, "--json")))
 
 
 @pytest.mark.parametrize("named_by", ["option", "header"])
