@@ -29,7 +29,8 @@ CASES = [(server, row) for server, spec in SERVERS.items() for row in spec["rows
 
 
 def child_env(tmp_path) -> dict:
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    # the repo after any PYTHONPATH given: PYTHONPATH=DIR runs the corpus against DIR/omnitrace
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(REPO)) if p)
     return {**os.environ, "PYTHONPATH": path, "OMNITRACE_SIM_GPU": str(tmp_path / "gpu")}
 
 

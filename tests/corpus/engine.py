@@ -46,6 +46,7 @@ class Behaviour:
     fail_inflight_on_death: bool = True  # a dead worker fails every open request
     recover_after_s: float | None = None # unavailable this long after a death, then healthy again
     leak_daemon: bool = False            # double-fork a setsid daemon at start, never stopped
+    drain_until_second_signal: bool = False  # after stopping to accept, wait for another signal
 
 
 # ---- engine worker (its own process) -----------------------------------------------------------
@@ -176,13 +177,16 @@ class Front:
         print(f"corpus server ready on port {self.httpd.server_address[1]}", flush=True)
         while not stop.wait(0.2):
             pass
-        self.shutdown()
+        self.shutdown(stop)
 
-    def shutdown(self) -> None:
+    def shutdown(self, stop: threading.Event) -> None:
         self.shutting_down.set()
         self.httpd.shutdown()
         self.httpd.server_close()        # refuse new connections from here on
         self.fail_all()
+        if self.behaviour.drain_until_second_signal:
+            stop.clear()
+            stop.wait()                  # "draining": only another SIGTERM/SIGINT ends it
         if self.behaviour.stop_workers_on_term:
             for w in self.workers:
                 w.process.terminate()

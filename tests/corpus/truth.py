@@ -41,13 +41,13 @@ import httpx
 import psutil
 
 from tests.corpus import spec
+from tests.corpus.verdicts import FAILED_ENDS, derive
 
 MARKER = "CORPUS_TRUTH_RUN"
 HEALTH_HZ = 20.0
 SCAN_S = 0.05
 CLIENT_TIMEOUT_S = 20.0      # the driver's client timeout
 LOAD = ("chat-stream",) * 4 + ("chat",) * 2
-FAILED_ENDS = ("5xx", "reset", "refused", "closed", "truncated")
 
 
 # ---- the tree ------------------------------------------------------------------------------------
@@ -59,7 +59,6 @@ class Member:
     cmdline: str
     seen_t: float
     exit_t: float | None = None
-    zombie_at_checkpoint: bool = False
 
 
 class Tree:
@@ -421,7 +420,6 @@ class Truth:
                     "ended_early": self.run.early, "checkpoint_alive": self.run.checkpoint_alive,
                     "checkpoint_zombies": self.run.checkpoint_zombies,
                     "members": members, "exchanges": exchanges}
-        from tests.corpus.verdicts import derive
         measured["truth"] = derive(measured, self.row, self.patterns)
         return measured
 
