@@ -64,8 +64,25 @@ def annotated_views(model: Model, patterns: RolePatterns) -> list[dict[str, Any]
     return [{**process_view(model, p),
              "role": roles.get(id(p)),
              "in_recorded_tree": tree is None or id(p) in tree,
+             "reparented_at": _reparented_at(model, p),
              "signals": [signal_group_dict(g, model.t0) for g in grouped_signals(p)]}
             for p in _by_start(model)]
+
+
+def _reparented_at(model: Model, proc: Process) -> float | None:
+    """When it was handed to `reparented_to` (the last re-parenting), in seconds."""
+    return round((proc.parents[-1].t - model.t0) / 1e9, 6) if len(proc.parents) > 1 else None
+
+
+def scenario_windows(model: Model) -> list[dict[str, Any]]:
+    """The scenario marks' windows, in seconds, with the faults inside each."""
+    secs = lambda t: round((t - model.t0) / 1e9, 6)  # noqa: E731
+    faults = [m for m in model.marks if m.kind in ("fault", "oom")]
+    return [{"id": w.scenario, "start": secs(w.t), "end": secs(w.end), "faults": [
+                {"fault": signal_name(f.signal) if f.signal else f.kind, "target": f.target,
+                 "pids": f.pids, "time": secs(f.t)}
+                for f in faults if w.t <= f.t <= w.end and f.scenario in (None, w.scenario)]}
+            for w in model.marks if w.kind == "scenario"]
 
 
 def _fmt_time(value: float | None) -> str:
@@ -80,16 +97,20 @@ def _status(view: dict[str, Any]) -> str:
     return "?" if view["exit_code"] is None else f"exit {view['exit_code']}"
 
 
-def render_table(views: list[dict[str, Any]], show_all: bool = False) -> str:
-    """One line per process of the recorded tree (every process with show_all), its role beside
-    its name, then one line per signal it received (annotated_views' grouped signals; a run of
-    SIGCHLDs from its children is one line: the children's own rows say how they ended)."""
+def render_table(views: list[dict[str, Any]], show_all: bool = False,
+                 windows: list[dict[str, Any]] = ()) -> str:
+    """Each scenario window (scenario_windows) first; then one line per process of the recorded
+    tree (every process with show_all), its role beside its name, then one line per signal it
+    received (annotated_views' grouped signals; a run of SIGCHLDs from its children is one line:
+    the children's own rows say how they ended), tagged when it came after a window's end."""
     shown = [v for v in views if show_all or v["in_recorded_tree"]]
-    lines = [f"{'PID':>7} {'PPID':>7} {'START':>10} {'EXIT':>10} {'STATUS':>8} {'REAPED':>7}  "
-             f"{'ROLE':<7} NAME"]
+    lines = [_window_line(w) for w in windows]
+    lines.append(f"{'PID':>7} {'PPID':>7} {'START':>10} {'EXIT':>10} {'STATUS':>8} {'REAPED':>7}  "
+                 f"{'ROLE':<7} NAME")
     for v in shown:
-        lines.append(_process_line(v))
-        lines += [f"{'':>26}{_fmt_time(t):>10}  <- {text}" for t, text in _signal_lines(v)]
+        lines.append(_process_line(v, windows))
+        lines += [f"{'':>26}{_fmt_time(t):>10}  <- {text}{_after_window(t, windows)}"
+                  for t, text in _signal_lines(v)]
     hidden = [v["pid"] for v in views if v not in shown]
     if hidden:
         pids = " ".join(str(pid) for pid in hidden[:8]) + (" …" if len(hidden) > 8 else "")
@@ -98,11 +119,27 @@ def render_table(views: list[dict[str, Any]], show_all: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _process_line(v: dict[str, Any]) -> str:
+def _window_line(w: dict[str, Any]) -> str:
+    """'scenario no-load/sigkill/serve: window +2.143s to +143.780s; SIGKILL -> serve 9776 at
+    +103.692s'."""
+    faults = "".join(f"; {f['fault']} -> {f['target'] or 'pids'} "
+                     f"{' '.join(str(p) for p in f['pids'])} at {_fmt_time(f['time'])}"
+                     for f in w["faults"])
+    return f"scenario {w['id']}: window {_fmt_time(w['start'])} to {_fmt_time(w['end'])}{faults}"
+
+
+def _after_window(t: float | None, windows: list[dict[str, Any]]) -> str:
+    """'  [after the window]' when t is past the end of the last window begun before it."""
+    begun = [w for w in windows if t is not None and w["start"] <= t]
+    return "  [after the window]" if begun and t > begun[-1]["end"] else ""
+
+
+def _process_line(v: dict[str, Any], windows: list[dict[str, Any]] = ()) -> str:
     reaped = "-" if v["reaped_by"] is None else str(v["reaped_by"])
     name = display_name(v["name"], v["cmdline"])
     if v["reparented_to"] is not None:
-        name += f"  (re-parented to {v['reparented_to']})"
+        name += (f"  (orphan: re-parented to {v['reparented_to']} at "
+                 f"{_fmt_time(v['reparented_at'])}{_after_window(v['reparented_at'], windows)})")
     ppid = v["ppid"] if v["ppid"] is not None else "-"
     return (f"{v['pid']:>7} {ppid:>7} {_fmt_time(v['start']):>10} {_fmt_time(v['exit']):>10} "
             f"{_status(v):>8} {reaped:>7}  {v['role'] or '-':<7} {name}")
@@ -157,9 +194,10 @@ def show(file, as_json, lenient, show_all, matrix_file):
     for warning in timeline.warnings:
         click.echo(f"omnitrace: warning: {warning}", err=True)
     patterns = role_patterns(timeline.header, matrix_file, file)
-    views = annotated_views(build_model(timeline), patterns)
+    model = build_model(timeline)
+    views = annotated_views(model, patterns)
     if as_json:
         json.dump(views, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        click.echo(render_table(views, show_all))
+        click.echo(render_table(views, show_all, scenario_windows(model)))

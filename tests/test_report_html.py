@@ -145,7 +145,7 @@ def test_real_vllm_report_names_orphans_window_and_health_on_one_screen(vllm_sig
                        picture)
     assert len(kills) == 4
     # the helpers share a row; the rows that matter fit one screen
-    assert "13 short-lived helpers" in picture and '<details class="helpers">' in dom
+    assert "14 short-lived helpers" in picture and '<details class="helpers">' in dom
     assert picture.count('<text class="proc"') <= 8
     # the simulated GPUs nobody used are not drawn
     assert 'class="gpu"' not in dom and "none used by the server's tree" in dom

@@ -75,13 +75,25 @@ def test_the_table_is_the_recorded_tree_with_roles_and_fits_a_screen(vllm_sigkil
     assert row(table, ENGINE)[56:].split()[:2] == ["engine", "VLLM::EngineCore"]
     assert role(table, TRACKER) == "helper"
     assert "multiprocessing.resource_tracker" in row(table, TRACKER)
+    assert role(table, WORKER) == "worker"
     assert role(table, DRIVER) == "-"          # the scenario driver is no server's
-    assert f"(re-parented to {DRIVER})" in row(table, WORKER)
+
+
+def test_the_table_names_the_window_the_orphans_and_what_came_after(vllm_sigkill_serve, capsys):
+    table = show(capsys, vllm_sigkill_serve, "--matrix", MATRIX_VLLM)
+    assert table.splitlines()[0] == ("scenario no-load/sigkill/serve: window +2.143s to "
+                                     f"+143.780s; SIGKILL -> serve {SERVE} at +103.692s")
+    # the engine core was orphaned by the fault, the worker only when the runner killed its parent
+    assert row(table, ENGINE).endswith(f"(orphan: re-parented to {DRIVER} at +103.692s)")
+    assert row(table, WORKER).endswith(f"(orphan: re-parented to {DRIVER} at +146.794s  "
+                                       "[after the window])")
+    [kill] = [line for line in signal_lines(table, ENGINE) if "SIGKILL" in line]
+    assert kill.endswith("delivered to 16 threads  [after the window]")
 
 
 def test_all_lists_the_recorder_too(vllm_sigkill_serve, capsys):
     table = show(capsys, vllm_sigkill_serve, "--all")
-    assert re.match(rf"\s*{RECORDER}\s", table.splitlines()[1])
+    assert re.match(rf"\s*{RECORDER}\s", table.splitlines()[2])   # under the window and header lines
     assert "outside the recorded tree" not in table
 
 
