@@ -104,6 +104,8 @@ def test_json_keeps_every_field_and_adds_roles_tree_and_grouped_signals(vllm_sig
     by_pid = {v["pid"]: v for v in views}
     assert by_pid[RECORDER]["in_recorded_tree"] is False and by_pid[RECORDER]["role"] is None
     assert by_pid[SERVE]["in_recorded_tree"] is True and by_pid[SERVE]["role"] == "server"
+    assert by_pid[ENGINE]["reparented_to"] == DRIVER
+    assert by_pid[ENGINE]["reparented_at"] == pytest.approx(103.692, abs=0.001)
     # signals_received still lists every delivery (the kernel's ones from pid 0) ...
     worker = by_pid[WORKER]
     assert sum(s["signal"] == "SIGKILL" for s in worker["signals_received"]) == 47
