@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from omnitrace.model.synthetic import ns
 from tests.test_verify_rules import (FAULT, HARNESS, INJECTOR, SERVE, WORKERS, children_die, oom,
                                      server, sigkill_serve, verdicts)
 
@@ -77,3 +78,33 @@ def test_gpu_released_counts_memory_listed_again_after_a_first_release():
     rule = verdicts(b)["gpu-released"]
     assert rule.verdict == "fail"
     assert "pid 102" in rule.evidence[0].text and "still holds 0.20 GiB" in rule.evidence[0].text
+
+
+def test_oom_request_the_client_gave_up_on_before_oom_s_is_not_a_hang():
+    """A probe's 20 s client timeout under a 120 s limit: the server may still have answered."""
+    b = oom(server())
+    b.request(FAULT + 10.0, FAULT + 30.0, "chat", error="ReadTimeout")
+    rule = verdicts(b)["oom-contract"]
+    assert rule.verdict == "inconclusive"
+    assert any("the client gave up before the 120 s limit" in e.text for e in rule.evidence)
+
+
+def test_oom_request_timed_out_past_oom_s_is_a_hang():
+    b = oom(server())
+    b.request(FAULT + 10.0, FAULT + 140.0, "chat", error="ReadTimeout")
+    b.mark("scenario", 9.0, FAULT + 150, scenario="oom/gpu-hog", server_pid=SERVE)
+    b.events = [e for e in b.events if not (e.kind == "span" and e.attributes.get(
+        "omnitrace.mark") == "scenario" and e.end < ns(FAULT + 150))]
+    rule = verdicts(b)["oom-contract"]
+    assert rule.verdict == "fail" and any(": a hang" in e.text for e in rule.evidence)
+
+
+def test_inflight_request_the_client_gave_up_on_before_fail_fast_s_is_undecided():
+    b = sigkill_serve(server())                   # fail_fast_s is 15
+    b.request(FAULT - 1.0, FAULT + 4.0, "chat", error="ReadTimeout")
+    for event in b.events:
+        if getattr(event, "attributes", {}).get("omnitrace.scenario"):
+            event.attributes["omnitrace.scenario"] = "under-load/sigkill/serve"
+    rule = verdicts(b)["inflight-fail-fast"]
+    assert rule.verdict == "inconclusive"
+    assert "the client gave up before the 15 s limit" in rule.evidence[0].text

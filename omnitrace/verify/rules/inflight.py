@@ -1,6 +1,6 @@
 """inflight-fail-fast: each request open at the fault ends with 5xx or a connection error within
 fail_fast_s. A 2xx is a request the fault did not interrupt; a client timeout, or a request still
-open at the scenario's end once the limit has passed, is a hang."""
+open at the scenario's end, is a hang once the limit has passed (before it, undecided)."""
 from __future__ import annotations
 
 from omnitrace.verify.rules.base import (FAIL, HTTP, INCONCLUSIVE, PASS, Context, Result, Rule,
@@ -31,7 +31,10 @@ def check(ctx: Context) -> Result:
             continue
         ends.append(r.end)
         text = f"{r.describe()} opened at {ctx.at(r.t)} ended {r.outcome()} at {ctx.at(r.end)}"
-        if not r.failed:
+        if r.timed_out and r.end <= limit:   # the client gave up first: not yet a hang
+            undecided.append(ctx.cite(f"{text}: the client gave up before the "
+                                      f"{ctx.thresholds['fail_fast_s']:g} s limit", r.end, r.ref))
+        elif not r.failed:
             bad.append(ctx.cite(text + (": a hang" if r.timed_out else ": not failed"), r.end, r.ref))
         elif r.end > limit:
             bad.append(ctx.cite(text + ": too late", r.end, r.ref))
@@ -43,7 +46,8 @@ def check(ctx: Context) -> Result:
                       "request(s) did not fail fast", evidence=bad)
     if undecided:
         return Result(INCONCLUSIVE, measured, summary=f"{len(undecided)} in-flight request(s) still"
-                      " open when the window ends, before the limit", evidence=undecided)
+                      " unanswered, before the limit, when the window ended or the client gave up",
+                      evidence=undecided)
     return Result(PASS, measured, summary=f"{len(good)} in-flight request(s) failed fast",
                   evidence=good)
 

@@ -54,6 +54,10 @@ def _requests(ctx: Context, oom_end: int, kinds: tuple[str, ...], label: str):
             evidence.append(ctx.cite(f"{r.describe()} at {ctx.at(r.t)}: still open at the "
                                      f"window's end {ctx.at(ctx.end)}, before the "
                                      f"{ctx.thresholds['oom_s']:g} s limit", r.t, r.ref))
+        elif r.timed_out and end - r.t <= limit_ns:
+            verdicts.append(INCONCLUSIVE)   # the client gave up first: not yet a hang
+            evidence.append(ctx.cite(text + f": the client gave up before the "
+                                     f"{ctx.thresholds['oom_s']:g} s limit", r.end, r.ref))
         elif r.end is None or r.timed_out or end - r.t > limit_ns:
             verdicts.append(FAIL)
             evidence.append(ctx.cite(text + ": a hang", r.t, r.ref))
