@@ -40,6 +40,7 @@ MAX_PROCESS_ROWS = 40
 SHORT_LIVED_NS = 2_000_000_000       # a helper that lived less than this shares the helpers' row
 MIN_GROUPED_HELPERS = 3              # fewer keep a row each
 MIN_BAR_PX = 3                       # a run of one outcome stays visible however short
+ZOOM_UNDER = 6                       # the fault's aftermath under 1/6 of a picture: a closer one
 RUNS_OVER = 60                       # a request kind with more requests is drawn as runs
 SIGCHLD = 17                         # not drawn: the child's own exit marker says it
 SIGNAL_COLOURS = {9: "#c0392b", 15: "#e67e22", 2: "#8e44ad"}
@@ -345,11 +346,11 @@ def _picture(ctx: _Context, w: _Window, procs: list[Process]) -> str:
 
 
 def _around_the_fault(w: _Window) -> _Window | None:
-    """A second, closer picture when the fault and what followed take less than a quarter of
+    """A second, closer picture when the fault and what followed take less than a sixth of
     the scenario's (a long start-up before it squeezes them into a few pixels): from as long
     before the fault as the picture runs after it (at least a second) to the end."""
     after = w.end - w.zero
-    if not w.faults or after * 4 >= w.end - w.start:
+    if not w.faults or after * ZOOM_UNDER >= w.end - w.start:
         return None
     lead = max(after, 1_000_000_000)
     return replace(w, start=max(w.zero - lead, w.start))
