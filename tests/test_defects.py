@@ -71,6 +71,7 @@ def test_defect_fails_exactly_the_rules_it_breaks(tmp_path, defect):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)   # 15 rows: over 300 s with both cores busy (a guard, not a bound)
 def test_the_correct_testbed_passes_the_tightened_matrix(tmp_path):
     cli, report = short_matrix_run(tmp_path, TESTBED, "*")
     assert len(report["scenarios"]) == 15

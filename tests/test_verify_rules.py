@@ -343,6 +343,25 @@ def test_inflight_requests_failing_fast_pass():
     assert rule["inflight-fail-fast"].measured == pytest.approx(0.01, abs=0.001)
 
 
+def test_inflight_a_2xx_answered_as_the_fault_landed_counts_neither_way():
+    """Seen on the correct testbed on a busy machine: a stream's last bytes were already sent
+    when the signal landed and the client read them 30-110 ms later. It is no hang and no
+    failure to fail; the other in-flight request decides."""
+    b = _under_load(sigkill_serve(server()), (FAULT + 0.01, "chat", None, "reset"))
+    b.request(FAULT - 2.0, FAULT + 0.08, "chat-stream", status=200)
+    rule = verdicts(b)["inflight-fail-fast"]
+    assert rule.verdict == "pass", rule.summary
+    assert any("within the 0.2 s grace" in e.text for e in rule.evidence)
+    alone = verdicts(_under_load(sigkill_serve(server()), (FAULT + 0.08, "chat-stream", 200)))
+    assert alone["inflight-fail-fast"].verdict == "inconclusive"
+
+
+def test_inflight_a_2xx_after_the_grace_was_not_interrupted_and_fails():
+    b = _under_load(sigkill_serve(server()), (FAULT + 0.5, "chat-stream", 200))
+    rule = verdicts(b)["inflight-fail-fast"]
+    assert rule.verdict == "fail" and "not failed" in rule.evidence[0].text
+
+
 def test_inflight_request_still_open_at_scenario_end_is_a_hang():
     rule = verdicts(_under_load(sigkill_serve(server()), (None, "chat")))["inflight-fail-fast"]
     assert rule.verdict == "fail" and "a hang" in rule.evidence[0].text

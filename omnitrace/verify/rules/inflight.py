@@ -1,6 +1,10 @@
 """inflight-fail-fast: each request open at the fault ends with 5xx or a connection error within
 fail_fast_s. A 2xx is a request the fault did not interrupt; a client timeout, or a request still
-open at the scenario's end, is a hang once the limit has passed (before it, undecided)."""
+open at the scenario's end, is a hang once the limit has passed (before it, undecided).
+
+A 2xx whose end arrived within inflight_grace_s of the fault had already been answered when the
+fault landed (its last bytes were on the wire or in the client's socket): the fault could not
+interrupt it, so it is counted neither way, and evidence says so."""
 from __future__ import annotations
 
 from omnitrace.verify.rules.base import (FAIL, HTTP, INCONCLUSIVE, PASS, Context, Result, Rule,
@@ -18,8 +22,15 @@ def check(ctx: Context) -> Result:
                           "the fault)", evidence=[ctx.cite("not applicable", absent.end, absent.ref)])
         return Result(INCONCLUSIVE, summary="no request was in flight at the fault")
     limit = ctx.deadline("fail_fast_s")
-    bad, good, undecided, ends = [], [], [], []
+    grace = ctx.deadline("inflight_grace_s")
+    bad, good, undecided, ends, answered = [], [], [], [], []
     for r in open_at_fault:
+        if r.succeeded and r.end <= grace:
+            answered.append(ctx.cite(f"{r.describe()} opened at {ctx.at(r.t)} completed "
+                                     f"{r.outcome()} at {ctx.at(r.end)}, within the "
+                                     f"{ctx.thresholds['inflight_grace_s']:g} s grace: already "
+                                     "answered when the fault landed, not counted", r.end, r.ref))
+            continue
         if r.end is None:   # no answer by the window's end: a hang once the limit has passed
             ends.append(ctx.end)
             text = f"{r.describe()} opened at {ctx.at(r.t)} still open at scenario end {ctx.at(ctx.end)}"
@@ -40,6 +51,10 @@ def check(ctx: Context) -> Result:
             bad.append(ctx.cite(text + ": too late", r.end, r.ref))
         else:
             good.append(ctx.cite(text, r.end, r.ref))
+    if not ends:
+        return Result(INCONCLUSIVE, summary="every request open at the fault completed within the "
+                      f"{ctx.thresholds['inflight_grace_s']:g} s grace: none was interrupted",
+                      evidence=answered)
     measured = ctx.seconds(max(ends))
     if bad:
         return Result(FAIL, measured, summary=f"{len(bad)} of {len(open_at_fault)} in-flight "
@@ -49,8 +64,9 @@ def check(ctx: Context) -> Result:
                       " unanswered, before the limit, when the window ended or the client gave up",
                       evidence=undecided)
     return Result(PASS, measured, summary=f"{len(good)} in-flight request(s) failed fast",
-                  evidence=good)
+                  evidence=good + answered)
 
 
 RULE = Rule("inflight-fail-fast", "requests in flight at the fault fail (5xx or connection "
-            "error) within the limit", ("fail_fast_s",), (HTTP,), check, before=(served_before,))
+            "error) within the limit", ("fail_fast_s", "inflight_grace_s"), (HTTP,), check,
+            before=(served_before,))
