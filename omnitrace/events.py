@@ -360,7 +360,7 @@ TYPES = {  # by annotation, as the dataclasses above spell them
     "str | int": FieldType("a string or an integer", (str, int)),
     "list[str]": FieldType("a list of strings", (list,), items=str),
     "list[int]": FieldType("a list of integers", (list,), items=int),
-    "dict[str, Any]": FieldType("an object", (dict,), check_value=_check_attributes),
+    "dict[str, Any]": FieldType("an object", (dict,), check_value=_check_attributes),  # attributes
 }
 _ATTRIBUTE_CHECKS = {key: TYPES[annotation] for key, annotation in ATTRIBUTE_TYPES.items()}
 
@@ -425,12 +425,11 @@ def _attributes_well_typed(attribute_sets: list[dict[str, Any]], ints_bounded: b
     attributes that need more than their type (lists, integers from an unbounded parser)."""
     keys = chain.from_iterable(attribute_sets)
     value_types = map(type, chain.from_iterable(map(dict.values, attribute_sets)))
-    for key, value_type in set(zip(keys, value_types)):
-        declared = _ATTRIBUTE_CHECKS.get(key)
-        if declared is None:
-            continue
-        if value_type not in declared.types:
-            return False
+    found = [(key, value_type, _ATTRIBUTE_CHECKS[key]) for key, value_type
+             in set(zip(keys, value_types)) if key in _ATTRIBUTE_CHECKS]
+    if any(value_type not in declared.types for _, value_type, declared in found):
+        return False
+    for key, value_type, declared in found:   # every value has its type: lists are lists
         if declared.items is not None:
             items = list(chain.from_iterable(map(methodcaller("get", key, ()), attribute_sets)))
             if not {declared.items}.issuperset(map(type, items)) or (

@@ -126,3 +126,16 @@ def test_without_orjson_huge_integers_and_deep_nesting_are_bad_lines(tmp_path, m
         with pytest.raises(TimelineError, match=f":3: {problem}"):
             read_timeline(path)
         assert len(read_timeline(path, lenient=True).events) == len(sample_events())
+
+
+def test_a_null_list_attribute_beside_a_good_one_is_a_bad_line(tmp_path):
+    """The column check looks into list attributes only after every value is known to be a
+    list: a null fault.pids beside a real one is a bad line, not a TypeError."""
+    path = tmp_path / "t.jsonl"
+    marks = [ev.Span(t=50 + n, end=60, name="fault", attributes={"omnitrace.mark": "fault",
+                                                                  "omnitrace.fault.pids": pids})
+             for n, pids in enumerate(([2], None))]
+    write_timeline(path, make_header([], {}), sample_events() + marks, {"t": 70})
+    with pytest.raises(TimelineError, match=r":7: field 'attributes.omnitrace.fault.pids': "
+                                            r"expected a list of integers, got null"):
+        read_timeline(path)
