@@ -18,6 +18,7 @@ Every process a fixture starts is stopped at teardown, and every wait has a dead
 """
 from __future__ import annotations
 
+import os
 
 import pytest
 
@@ -25,6 +26,7 @@ from omnitrace.inject import marks, oom
 from omnitrace.inject.gpu_holders import gpu_held_by
 from omnitrace.inject.load import Load, RequestResult, RequestShape, discover_model
 from omnitrace.inject.probes import probe
+from omnitrace.inject.roles import matrix_patterns
 from omnitrace.inject.server import Server, become_subreaper, child_env, expand, free_port
 from omnitrace.inject.signals import SignalFault, inject_signal
 from omnitrace.testbed.harness import wait_until
@@ -177,8 +179,10 @@ class Injector:
     def signal(self, target: str, sig: str) -> SignalFault:
         """Signal `target` (worker, serve, all, a pid or a pattern) in the server's tree."""
         self.server.faulted = True
+        # under `omnitrace record --matrix FILE`: "worker" by that matrix's patterns, as verify
+        patterns = matrix_patterns(os.environ.get("OMNITRACE_MATRIX"))
         return inject_signal(self.server.pid, target, sig, scenario=self.server.row,
-                             server_url=self.server.url)
+                             server_url=self.server.url, patterns=patterns)
 
     def oom(self, ratio: float = oom.DEFAULT_RATIO, hold_s: float = 300.0, strict: bool = False):
         """Start the GPU memory hog (every device) and wait for READY; stopped at teardown."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -13,8 +15,9 @@ from click.testing import CliRunner
 from omnitrace.cli import main
 from omnitrace.timeline import read_timeline, write_timeline
 from omnitrace.verify.cli import verify
-from omnitrace.verify.matrix import header_entry, load_matrix
+from omnitrace.verify.matrix import from_header, header_entry, load_matrix
 from tests.harness import matrix_run
+from tests.recording import OMNITRACE, QUIET_SOURCES, REPO
 from tests.test_verify_rules import server, sigkill_serve, sigterm_serve
 
 
@@ -180,3 +183,19 @@ def test_a_row_recorded_with_a_user_matrix_verifies_against_it(tmp_path):
     assert scenario["row"] == RENAMED
     assert {r["id"]: r["verdict"] for r in scenario["rules"]} == {
         r["id"]: r["verdict"] for r in report["scenarios"][0]["rules"]}
+
+
+def test_record_writes_the_matrix_and_hands_it_to_the_command(tmp_path):
+    """The header carries the matrix; the command (a pytest run with the plugin) finds it in
+    OMNITRACE_MATRIX and injects by its patterns."""
+    mine = renamed_row_matrix(tmp_path / "mine.yaml")
+    out, seen = tmp_path / "run.jsonl", tmp_path / "seen.txt"
+    show_env = f"import os; open({str(seen)!r}, 'w').write(os.environ['OMNITRACE_MATRIX'])"
+    done = subprocess.run(OMNITRACE + ["record", "--matrix", str(mine), "-o", str(out), "--no-bpf",
+                                       *QUIET_SOURCES, "--", sys.executable, "-c", show_env],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert seen.read_text() == str(mine.resolve())
+    entry = read_timeline(out).header["matrix"]
+    assert entry["name"] == "mine" and entry["sources"] == ["vllm-omni", str(mine)]
+    assert from_header(entry, str(out)).row(RENAMED) is not None

@@ -60,8 +60,11 @@ def record(output, attach, trace_all, no_bpf, snapshot_interval, linger, keep_ro
                             snapshot_interval_s=snapshot_interval, linger_s=linger,
                             keep_root=keep_root)
     if matrix_file:  # read before anything runs: a bad file stops here, exit 2
-        from omnitrace.verify.matrix import header_entry, load_matrix
+        from omnitrace.verify.matrix import BUILTIN, header_entry, load_matrix
         options.header["matrix"] = header_entry(load_matrix(matrix_file))
+        # the command (the pytest plugin) injects by the same matrix's role patterns
+        options.env["OMNITRACE_MATRIX"] = (matrix_file if matrix_file == BUILTIN
+                                           else str(Path(matrix_file).resolve()))
     from omnitrace.record.wiring import evidence_sources, live_observers
     rate = 0.0 if no_health else health_rate
     options.header["health_rate_hz"] = rate  # also when off: a reader must know nothing probed
