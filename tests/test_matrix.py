@@ -63,6 +63,11 @@ def test_a_user_file_overrides_thresholds_and_adds_rows(tmp_path):
     ("extends: vllm-omni\nload_settings: {ignore_eos: yes please}\n", "load_settings.ignore_eos",
      "must be true or false"),
     ("extends: vllm-omni\nload_settings: {tokens: 3}\n", "load_settings.tokens", "unknown key"),
+    # a value of the wrong shape is an error, not a traceback
+    ("extends: vllm-omni\npatterns: [MyWorker]\n", "patterns", "must be a mapping"),
+    ("extends: vllm-omni\nrows:\n  - id: no-load/sigkill/serve\n    thresholds: [1]\n",
+     "rows[0].thresholds", "must be a mapping"),
+    ("matrix: [mine]\nextends: vllm-omni\n", "matrix", "must be a string"),
 ])
 def test_validation_errors_name_file_path_and_problem(tmp_path, body, where, what):
     path = write(tmp_path, body)

@@ -248,6 +248,11 @@ class _Checker:
 def _merge(merged: dict, doc: dict, source: str, node) -> None:
     check = _Checker(source, node)
     check.keys([], doc, TOP_KEYS)
+    for key in ("matrix", "description"):
+        if key in doc and not isinstance(doc[key], str):
+            check.fail([key], f"must be a string, got {doc[key]!r}")
+    if not isinstance(doc.get("patterns") or {}, dict):
+        check.fail(["patterns"], "must be a mapping of role: [patterns]")
     for role, value in (doc.get("patterns") or {}).items():
         if role not in RolePatterns.__dataclass_fields__:
             check.fail(["patterns", role], "unknown role; expected serve, worker, engine or helper")
@@ -268,6 +273,7 @@ def _merge(merged: dict, doc: dict, source: str, node) -> None:
         if raw["id"] in in_this_file:
             check.fail(path + ["id"], f"row {raw['id']!r} appears twice in this file")
         in_this_file.add(raw["id"])
+        check.thresholds(path + ["thresholds"], raw.get("thresholds") or {})  # before merging
         if raw["id"] in by_id:       # an override: merge into the row it names
             row = by_id[raw["id"]]
             thresholds = {**row.get("thresholds", {}), **(raw.get("thresholds") or {})}
