@@ -1,7 +1,8 @@
 """Fuzz: mutations of real recordings through `omnitrace show` and `omnitrace verify`.
 
-Seeds are real: tests/data/recorded-sigterm-serve.jsonl (a `matrix run` row on the testbed: BPF,
-procfs, GPU sim, health probes, load and marks) and a recording made here with the recorder.
+Seeds are real: tests/data/recorded-sigterm-serve.jsonl (a `matrix run --matrix
+tests/data/short-windows.yaml` row on the testbed: BPF, procfs, GPU sim, health probes, load,
+marks, the matrix in its header) and a recording made here with the recorder.
 Each case changes one thing (a field's type, a huge integer, deep nesting, truncation, a garbage
 or non-UTF-8 line, reordered or duplicated lines) and runs show and verify in-process through the
 CLI's entry point, then one of them, by turns, with --lenient. The contract: no traceback ever; a bad file exits
@@ -22,17 +23,19 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from omnitrace import events as ev
 from omnitrace.cli import main
 from omnitrace.timeline import FOOTER_FIELDS
+from omnitrace.verify.matrix import _digest
 from tests.recording import OMNITRACE, REPO, record_lifecycle_tree
 
 RECORDED = REPO / "tests" / "data" / "recorded-sigterm-serve.jsonl"
 SEED = 20261204
-CASES = {"recorded": 120, "live": 60}   # x 3 runs each: ~35 s on 2 cores at load 14
+CASES = {"recorded": 250, "live": 100}   # x 3 runs each: ~25 s on 2 cores at load 11
 ERROR_LINE = re.compile(r"^omnitrace: error: (?P<file>.+?):(?P<line>\d+): (?P<problem>.+)$")
 
 # JSON values of every type, and the awkward ones: a type none of these fields declares is
@@ -113,11 +116,41 @@ def wrong_attribute(rng: random.Random, lines: list[bytes]) -> Case:
 
 def header_field(rng: random.Random, lines: list[bytes]) -> Case:
     obj = json.loads(lines[0])
-    name = rng.choice(["version", "t0", "wall_offset_ns", "command", "sources", "host"])
+    name = rng.choice(["version", "t0", "wall_offset_ns", "command", "sources", "host", "matrix"])
     label = rng.choice(["a string" if name != "host" else "a list", "null", "a huge integer",
                         "a deep list"])
     mutated = [_replace_value(lines[0], obj, name, WRONG_VALUES[label])] + lines[1:]
     return Case(f"header {name} := {label}", joined(mutated), 1, name)
+
+
+def header_matrix(rng: random.Random, lines: list[bytes]) -> Case:
+    """One value inside the header's matrix document changed; its digest recomputed by turns
+    (then the document itself must be validated), else left stale."""
+    header = json.loads(lines[0])
+    if "matrix" not in header:
+        return header_field(rng, lines)
+    document = header["matrix"]["document"]
+    path, holder = _random_place(rng, document)
+    label = rng.choice(list(WRONG_VALUES))
+    holder[path[-1]] = json.loads(WRONG_VALUES[label]) if label != "a deep list" else [[[]]]
+    resealed = rng.random() < 0.5
+    if resealed:
+        header["matrix"]["sha256"] = _digest(document)
+    mutated = [json.dumps(header).encode()] + lines[1:]
+    return Case(f"header matrix {'/'.join(map(str, path))} := {label}"
+                f"{' (resealed)' if resealed else ''}", joined(mutated), 1)
+
+
+def _random_place(rng: random.Random, document: dict) -> tuple[list, Any]:
+    """A random key path into a JSON document, and the container holding its last step."""
+    path, holder = [], document
+    while True:
+        key = rng.choice(list(holder) if isinstance(holder, dict) else range(len(holder)))
+        path.append(key)
+        value = holder[key]
+        if not isinstance(value, (dict, list)) or not value or rng.random() < 0.3:
+            return path, holder
+        holder = value
 
 
 def missing_field(rng: random.Random, lines: list[bytes]) -> Case:
@@ -178,8 +211,8 @@ def duplicated(rng: random.Random, lines: list[bytes]) -> Case:
     return Case(f"line {number} twice", joined(mutated))
 
 
-MUTATIONS = [wrong_type, wrong_type, wrong_type, wrong_attribute, header_field, missing_field,
-             truncated, garbage_line, non_utf8, deep_line, reordered, duplicated]
+MUTATIONS = [wrong_type, wrong_type, wrong_type, wrong_attribute, header_field, header_matrix,
+             missing_field, truncated, garbage_line, non_utf8, deep_line, reordered, duplicated]
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
@@ -189,10 +222,11 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def check_case(case: Case, path: Path, matrix: str, lenient_run: int) -> None:
-    """show and verify, strict; then one of them (by turns: lenient_run) with --lenient."""
+def check_case(case: Case, path: Path, lenient_run: int) -> None:
+    """show and verify (against the header's matrix), strict; then one of them (by turns:
+    lenient_run) with --lenient."""
     path.write_bytes(case.data)
-    commands = (["show", str(path), "--json"], ["verify", str(path), "--matrix", matrix])
+    commands = (["show", str(path), "--json"], ["verify", str(path)])
     for index, command in enumerate(commands):
         code, _, err = run_cli(*command)   # an exception here fails the test: a traceback
         if code == 2:
@@ -245,15 +279,14 @@ def test_mutations_never_crash_show_or_verify(seed_file, live_recording, tmp_pat
     source = RECORDED if seed_file == "recorded" else live_recording
     lines = lines_of(source)
     rng = random.Random(SEED + (seed_file == "live"))
-    matrix = str(REPO / "tests" / "data" / "short-windows.yaml")
     started = time.monotonic()
     tried: dict[str, int] = {}
     for index in range(CASES[seed_file]):
         mutate = MUTATIONS[index % len(MUTATIONS)]
-        if mutate is wrong_attribute and seed_file == "live":
-            mutate = wrong_type        # the live recording carries no marks or requests
+        if mutate in (wrong_attribute, header_matrix) and seed_file == "live":
+            mutate = wrong_type        # the live recording carries no marks, requests or matrix
         case = mutate(rng, lines)
-        check_case(case, tmp_path / "case.jsonl", matrix, lenient_run=index)
+        check_case(case, tmp_path / "case.jsonl", lenient_run=index)
         tried[mutate.__name__] = tried.get(mutate.__name__, 0) + 1
     with capsys.disabled():
         print(f"\nfuzz {seed_file}: {sum(tried.values())} cases x 3 runs in "

@@ -156,7 +156,7 @@ def test_an_edited_header_matrix_is_refused(tmp_path):
     entry = header_entry(load_matrix(renamed_row_matrix(tmp_path / "mine.yaml")))
     entry["document"]["rows"][-1]["thresholds"]["residue_s"] = 1000.0
     code, _, err = cli("verify", save_renamed(tmp_path, entry))
-    assert code == 2 and "header matrix: sha256: does not match the document" in err
+    assert code == 2 and ":1: field 'matrix.sha256': does not match the document" in err
 
 
 def test_record_refuses_a_bad_matrix_before_running_anything(tmp_path):

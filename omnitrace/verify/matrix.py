@@ -132,17 +132,17 @@ def to_document(matrix: Matrix) -> dict[str, Any]:
 def from_header(entry: Any, where: str) -> Matrix:
     """The matrix a recording's header carries, checked against its digest and validated like
     a file (errors name `where`, the recording)."""
-    source = f"{where}: header matrix"
+    header = f"{where}:1"   # errors name the header's line, like the reader's
     if not isinstance(entry, dict) or not isinstance(entry.get("document"), dict):
-        raise MatrixError(source, "document", "missing or not a mapping")
+        raise MatrixError(header, "field 'matrix.document'", "missing or not a mapping")
     document = entry["document"]
     if entry.get("sha256") != _digest(document):
-        raise MatrixError(source, "sha256", "does not match the document (the header was edited "
-                          "or is corrupt); give the matrix with --matrix FILE")
+        raise MatrixError(header, "field 'matrix.sha256'", "does not match the document (the "
+                          "header was edited or is corrupt); give the matrix with --matrix FILE")
     if "extends" in document:
-        raise MatrixError(source, "document.extends", "a recorded matrix is resolved: it extends "
-                          "nothing")
-    return _merged([(document, f"{source} {entry.get('name')!s}", None)])
+        raise MatrixError(header, "field 'matrix.document.extends'", "a recorded matrix is "
+                          "resolved: it extends nothing")
+    return _merged([(document, f"{header}: header matrix", None)])
 
 
 def _digest(document: dict[str, Any]) -> str:
