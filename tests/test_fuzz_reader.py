@@ -30,7 +30,7 @@ import pytest
 from omnitrace import events as ev
 from omnitrace.cli import main
 from omnitrace.timeline import FOOTER_FIELDS
-from omnitrace.verify.matrix import _digest
+from omnitrace.verify.matrix import document_digest
 from tests.recording import OMNITRACE, REPO, record_lifecycle_tree
 
 RECORDED = REPO / "tests" / "data" / "recorded-sigterm-serve.jsonl"
@@ -135,7 +135,7 @@ def header_matrix(rng: random.Random, lines: list[bytes]) -> Case:
     holder[path[-1]] = json.loads(WRONG_VALUES[label]) if label != "a deep list" else [[[]]]
     resealed = rng.random() < 0.5
     if resealed:
-        header["matrix"]["sha256"] = _digest(document)
+        header["matrix"]["sha256"] = document_digest(document)
     mutated = [json.dumps(header).encode()] + lines[1:]
     return Case(f"header matrix {'/'.join(map(str, path))} := {label}"
                 f"{' (resealed)' if resealed else ''}", joined(mutated), 1)

@@ -109,8 +109,8 @@ def header_entry(matrix: Matrix) -> dict[str, Any]:
     document (no `extends`: the files it came from may not exist where the recording is
     verified), its sources for people, and a digest that tells an edited copy."""
     document = to_document(matrix)
-    return {"name": matrix.name, "sources": list(matrix.sources), "sha256": _digest(document),
-            "document": document}
+    return {"name": matrix.name, "sources": list(matrix.sources),
+            "sha256": document_digest(document), "document": document}
 
 
 def to_document(matrix: Matrix) -> dict[str, Any]:
@@ -136,7 +136,7 @@ def from_header(entry: Any, where: str) -> Matrix:
     if not isinstance(entry, dict) or not isinstance(entry.get("document"), dict):
         raise MatrixError(header, "field 'matrix.document'", "missing or not a mapping")
     document = entry["document"]
-    if entry.get("sha256") != _digest(document):
+    if entry.get("sha256") != document_digest(document):
         raise MatrixError(header, "field 'matrix.sha256'", "does not match the document (the "
                           "header was edited or is corrupt); give the matrix with --matrix FILE")
     if "extends" in document:
@@ -145,7 +145,8 @@ def from_header(entry: Any, where: str) -> Matrix:
     return _merged([(document, f"{header}: header matrix", None)])
 
 
-def _digest(document: dict[str, Any]) -> str:
+def document_digest(document: dict[str, Any]) -> str:
+    """The header's `sha256`: of the document as canonical JSON (keys sorted, no spaces)."""
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
