@@ -29,7 +29,7 @@ CASES = [(server, row) for server, spec in SERVERS.items() for row in spec["rows
 
 
 def child_env(tmp_path) -> dict:
-    # the repo after any PYTHONPATH given: PYTHONPATH=DIR runs the corpus against DIR/omnitrace
+    # the servers import tests.corpus from this checkout, whatever the directory pytest runs in
     path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(REPO)) if p)
     return {**os.environ, "PYTHONPATH": path, "OMNITRACE_SIM_GPU": str(tmp_path / "gpu")}
 
