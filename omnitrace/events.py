@@ -310,7 +310,8 @@ class FieldType:
         if self.items is not None:
             for index, item in enumerate(value):
                 if type(item) is not self.items or not _in_range(item):
-                    raise BadField(name, f"expected {self.expected}, got {shown(item)} at [{index}]")
+                    raise BadField(name, f"expected {self.expected}, got {shown(item)} "
+                                         f"at [{index}]")
         if self.check_value is not None:
             self.check_value(name, value)
 

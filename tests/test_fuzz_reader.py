@@ -2,13 +2,13 @@
 
 Seeds are real: tests/data/recorded-sigterm-serve.jsonl (a `matrix run --matrix
 tests/data/short-windows.yaml` row on the testbed: BPF, procfs, GPU sim, health probes, load,
-marks, the matrix in its header) and a recording made here with the recorder.
-Each case changes one thing (a field's type, a huge integer, deep nesting, truncation, a garbage
-or non-UTF-8 line, reordered or duplicated lines) and runs show and verify in-process through the
-CLI's entry point, then one of them, by turns, with --lenient. The contract: no traceback ever; a bad file exits
-2 with one line naming the file's line (and the field, when a field is at fault); under --lenient
-the bad line is skipped with a warning naming it and a result comes out. The mutation loop is
-seeded, so a failure names a case that can be replayed.
+marks, the matrix in its header) and a recording made here with the recorder. Each case changes
+one thing (a field's type, a huge integer, deep nesting, truncation, a garbage or non-UTF-8 line,
+the header's matrix, reordered or duplicated lines) and runs show and verify in-process through
+the CLI's entry point, then one of them, by turns, with --lenient. The contract: no traceback
+ever; a bad file exits 2 with one line naming the file's line (and the field, when a field is at
+fault); under --lenient the bad line is skipped with a warning naming it and a result comes out.
+The mutation loop is seeded, so a failure names a case that can be replayed.
 """
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ WRONG_VALUES = {
     "a huge integer": str(1 << 70), "a huge negative integer": str(-(1 << 70)),
     "a 400-digit integer": "9" * 400, "a deep list": "[" * 5000 + "]" * 5000,
 }
-JSON_TYPE = {"a string": str, "an integer": int, "a float": float, "a list": list, "null": type(None),
-             "an object": dict, "true": bool, "a huge integer": float,
+JSON_TYPE = {"a string": str, "an integer": int, "a float": float, "a list": list,
+             "null": type(None), "an object": dict, "true": bool, "a huge integer": float,
              "a huge negative integer": float, "a 400-digit integer": float, "a deep list": None}
 
 
@@ -311,8 +311,10 @@ def test_every_wrong_field_type_of_a_real_line_is_named(tmp_path, capsys):
                       if JSON_TYPE[label] not in declared.types]
             for label in labels:
                 mutated = list(lines)
-                mutated[number - 1] = _replace_value(lines[number - 1], obj, name, WRONG_VALUES[label])
-                check_error(Case(f"{kind}.{name} := {label}", b"", number, name), _strict_read(path, mutated))
+                mutated[number - 1] = _replace_value(lines[number - 1], obj, name,
+                                                     WRONG_VALUES[label])
+                check_error(Case(f"{kind}.{name} := {label}", b"", number, name),
+                            _strict_read(path, mutated))
                 count += 1
     assert count > 50
     with capsys.disabled():
