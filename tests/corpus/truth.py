@@ -100,6 +100,9 @@ class Tree:
                     return
                 cmdline = " ".join(proc.cmdline()) or proc.name()
             fd = os.pidfd_open(pid)
+            if psutil.Process(pid).create_time() != start:   # recycled before the pidfd opened
+                os.close(fd)
+                return
         except (psutil.Error, OSError):
             return
         with self.lock:
