@@ -485,3 +485,24 @@ def test_graceful_shutdown_fails_when_killed_by_someone_else_after_the_handler()
     b.signal(INJECTOR, SERVE, 15, FAULT + 3.9)
     b.reap(HARNESS, SERVE, FAULT + 4.01, sig=15)
     assert verdicts(b)["graceful-shutdown"].verdict == "fail"
+
+
+def test_the_fault_lands_when_the_kernel_saw_the_signal_not_when_the_mark_opened():
+    """The injector opens its fault mark, then looks the processes up and signals them: on a busy
+    machine 90 ms passed in between, and a request answered in that gap was judged as an
+    in-flight request that did not fail. The kernel's signal record is the fault's time."""
+    b = TimelineBuilder(("kernel", "procfs", "gpu", "http"))
+    b.events = [e for e in sigkill_serve(server()).events
+                if getattr(e, "name", "") != "omnitrace.fault"]
+    b.mark("fault", FAULT - 0.3, FAULT + 0.001, scenario="no-load/sigkill/serve",
+           fault_signal="SIGKILL", fault_target="serve", fault_pids=[SERVE])
+    _under_load(b, (FAULT + 0.01, "chat", None, "reset"))
+    b.request(FAULT - 2.0, FAULT - 0.1, "chat-stream", status=200)   # answered before the kill
+    report = verify_timeline(b.timeline(), MATRIX, None)
+    (scenario,) = report.scenarios
+    assert scenario.fault_s == pytest.approx(FAULT, abs=1e-6)
+    rule = {r.id: r for r in scenario.rules}["inflight-fail-fast"]
+    assert rule.verdict == "pass", rule.summary
+    judged = [e.text for e in rule.evidence if not e.text.startswith("before the fault")]
+    assert judged == ["POST /v1/chat/completions (chat) opened at -1.00 s ended error reset at "
+                      "+0.01 s"], judged
