@@ -134,9 +134,11 @@ def test_show_json_contract(recording):
     out = subprocess.run(OMNITRACE + ["show", "--json", str(path)], cwd=REPO, check=True,
                          capture_output=True, text=True).stdout
     views = {v["pid"]: v for v in json.loads(out)}
+    # the contract (docs/timeline-format.md): these fields stay; fields may be added, never changed
     keys = {"pid", "ppid", "name", "cmdline", "start", "exit", "exit_code", "exit_signal",
             "reaped_by", "reparented_to", "signals_received"}
-    assert all(set(v) == keys for v in views.values())
+    added = {"role", "in_recorded_tree", "reparented_at", "signals"}
+    assert all(keys <= set(v) <= keys | added for v in views.values()), views
     assert views[pids["killed"]]["exit_signal"] == "SIGKILL"
     assert views[pids["default"]]["exit_signal"] == "SIGTERM"
     assert views[pids["handler"]]["exit_code"] == 3
