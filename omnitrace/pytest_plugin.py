@@ -19,13 +19,14 @@ Every process a fixture starts is stopped at teardown, and every wait has a dead
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
 from omnitrace.inject import marks, oom
 from omnitrace.inject.gpu_holders import gpu_held_by
-from omnitrace.inject.load import Load, RequestResult, RequestShape, discover_model
-from omnitrace.inject.probes import probe
+from omnitrace.inject.load import MIX, Load, RequestResult, RequestShape, discover_model
+from omnitrace.inject.probes import absent_endpoints, probe
 from omnitrace.inject.roles import matrix_patterns
 from omnitrace.inject.server import Server, become_subreaper, child_env, expand, free_port
 from omnitrace.inject.signals import SignalFault, inject_signal
@@ -97,6 +98,14 @@ class RunningServer:
         self.faulted = False   # set by omnitrace_inject: the window then waits for the outcome
         # The model requests must name (vLLM answers 404 to another), asked while healthy.
         self.model = discover_model(self.url)
+        self._absent: dict[str, int] | None = None
+
+    def absent_endpoints(self) -> dict[str, int]:
+        """Request kinds this server has no endpoint for (asked once, before any fault: a text
+        model has no /v1/audio/speech); load leaves them out, as the scenario driver does."""
+        if self._absent is None:
+            self._absent = absent_endpoints(self.url, MIX, self.model, self.row)
+        return self._absent
 
     def tree_pids(self) -> list[int]:
         self._server.remember_tree()
@@ -138,7 +147,34 @@ def _settle(running: RunningServer) -> None:
         root_alive = server.proc.poll() is None
         return not server.zombies() and (root_alive or not server.alive())
     _poll(finished, SETTLE_MAX_S)
+    _watch_unavailable_hold(running)
     running.health()
+
+
+def _watch_unavailable_hold(running: RunningServer) -> None:
+    """A row whose service-unavailable rule claims "turns unavailable and stays so" needs /health
+    watched for the row's unavailable_hold_s after it went down (as `matrix run` does), else the
+    rule cannot be decided; probes every 0.5 s (recorded spans), bounded by the hold + 10 s."""
+    row = _matrix().row(running.row) if running.row else None
+    if row is None or "service-unavailable" not in row.rules:
+        return
+    hold = row.thresholds.get("unavailable_hold_s", 0.0)
+    down_since: list[float] = []
+
+    def held() -> bool:
+        if running.health() == 200:
+            down_since.clear()
+        elif not down_since:
+            down_since.append(time.monotonic())
+        return bool(down_since) and time.monotonic() - down_since[0] >= hold
+    _poll(held, hold + SETTLE_MAX_S, every_s=0.5)
+
+
+def _matrix():
+    """The matrix the recording names (OMNITRACE_MATRIX, set by `omnitrace record --matrix`),
+    else the built-in one."""
+    from omnitrace.verify.matrix import load_matrix
+    return load_matrix(os.environ.get("OMNITRACE_MATRIX"))
 
 
 def _poll(condition, timeout_s: float, every_s: float = 0.1) -> bool:
@@ -161,6 +197,7 @@ def omnitrace_server(request, _omnitrace_window):
         server.wait_healthy(options.omnitrace_startup_timeout)
         _omnitrace_window.name_server(server.proc.pid, url)
         running = RunningServer(server, row)
+        running.health()   # a recorded 2xx before any fault: the "before" of the HTTP rules
         yield running
     finally:
         if running is not None and running.faulted and row:
@@ -233,7 +270,8 @@ def omnitrace_load(request, omnitrace_server):
     def start(kind: str = "mix", rate: float = 4.0, requests: int = 12, concurrency: int = 8,
               timeout_s: float = 20.0) -> BackgroundLoad:
         load = Load(omnitrace_server.url, kind, rate, requests, concurrency, timeout_s,
-                    model=omnitrace_server.model, scenario=omnitrace_server.row, shape=shape)
+                    model=omnitrace_server.model, scenario=omnitrace_server.row, shape=shape,
+                    absent=frozenset(omnitrace_server.absent_endpoints()))
         started.append(BackgroundLoad(load))
         return started[-1]
     yield start

@@ -506,3 +506,15 @@ def test_the_fault_lands_when_the_kernel_saw_the_signal_not_when_the_mark_opened
     judged = [e.text for e in rule.evidence if not e.text.startswith("before the fault")]
     assert judged == ["POST /v1/chat/completions (chat) opened at -1.00 s ended error reset at "
                       "+0.01 s"], judged
+
+
+def test_inflight_a_request_to_an_endpoint_the_server_lacks_is_not_judged():
+    """The pytest plugin's mix sent speech to vLLM serving a text model: 404 before the fault,
+    and a speech request open at the fault answered 404 too. It is not a request that did not
+    fail: the endpoint does not exist."""
+    b = _under_load(sigkill_serve(server()), (FAULT + 0.01, "chat", None, "reset"))
+    b.request(FAULT - 3.0, FAULT - 2.9, "speech", status=404)
+    b.request(FAULT - 0.5, FAULT + 0.3, "speech", status=404)
+    rule = verdicts(b)["inflight-fail-fast"]
+    assert rule.verdict == "pass", rule.summary
+    assert any("not applicable" in e.text for e in rule.evidence)

@@ -24,7 +24,13 @@ def check(ctx: Context) -> Result:
     limit = ctx.deadline("fail_fast_s")
     grace = ctx.deadline("inflight_grace_s")
     bad, good, undecided, ends, answered = [], [], [], [], []
+    absent = {kind for kind in {r.kind for r in open_at_fault} if endpoint_absent(ctx, (kind,))}
     for r in open_at_fault:
+        if r.kind in absent:   # speech on a text model: its 404 is no answer to the fault
+            answered.append(ctx.cite(f"{r.describe()} opened at {ctx.at(r.t)}: not applicable, "
+                                     "the server has no such endpoint (404 before the fault)",
+                                     r.end, r.ref))
+            continue
         if r.succeeded and r.end <= grace:
             answered.append(ctx.cite(f"{r.describe()} opened at {ctx.at(r.t)} completed "
                                      f"{r.outcome()} at {ctx.at(r.end)}, within the "
@@ -52,9 +58,9 @@ def check(ctx: Context) -> Result:
         else:
             good.append(ctx.cite(text, r.end, r.ref))
     if not ends:
-        return Result(INCONCLUSIVE, summary="every request open at the fault completed within the "
-                      f"{ctx.thresholds['inflight_grace_s']:g} s grace: none was interrupted",
-                      evidence=answered)
+        return Result(INCONCLUSIVE, summary="no request open at the fault could show it: each "
+                      f"completed within the {ctx.thresholds['inflight_grace_s']:g} s grace or had "
+                      "no endpoint", evidence=answered)
     measured = ctx.seconds(max(ends))
     if bad:
         return Result(FAIL, measured, summary=f"{len(bad)} of {len(open_at_fault)} in-flight "
