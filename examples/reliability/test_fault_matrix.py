@@ -43,6 +43,9 @@ def test_signal_row(row, omnitrace_server, omnitrace_inject, omnitrace_load):
     assert fault.pids, f"{row.target}: nothing was signalled"
 
     if row.target in ("serve", "all"):
+        # the API is down at once (each poll is a recorded span: service-unavailable's evidence)
+        assert omnitrace_server.wait_unavailable(limits["unavailable_s"]), \
+            f"/health still 200 {limits['unavailable_s']:g} s after {row.fault} to {row.target}"
         # serve is gone, and with it every stage: no residue (upstream polls 0.5 s until the limit)
         assert omnitrace_server.wait_gone(limits["residue_s"]), \
             f"processes left {limits['residue_s']:g} s after {row.fault}: {omnitrace_server.alive()}"
