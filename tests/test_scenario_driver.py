@@ -2,6 +2,7 @@
 when a fast server answers every request before one can be caught in flight."""
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -119,3 +120,24 @@ def test_only_requests_opened_before_the_fault_count_as_in_flight(server):
     Handler.release.set()
     d.load_thread.join(20)
     assert d.load.open_at(fault_t) == 1                 # still counted once it has ended
+
+
+def test_a_server_with_no_openai_endpoints_is_told_apart_from_a_broken_one(tmp_path):
+    """A health-only web service under an under-load row: the run says once which request kinds
+    do not apply, injects with nothing in flight instead of failing the row, and the in-flight
+    rule says why it cannot be decided; no 404 is counted as the server's answer to the fault."""
+    from pathlib import Path
+    from tests.harness import matrix_run
+    app = Path(__file__).parent / "servers" / "health_only.py"
+    cli, report = matrix_run(tmp_path / "run", "--serve", f"{sys.executable} {app} {{port}}",
+                             "--scenarios", "under-load/sigkill/serve")
+    assert report is not None, cli.stdout[-3000:] + cli.stderr[-3000:]
+    log = (tmp_path / "run" / "under-load_sigkill_serve.log").read_text()
+    assert "/v1/chat/completions answered 404 before the fault: chat requests do not apply" in log
+    assert "no load request kind applies to this server" in log
+    (scenario,) = report["scenarios"]
+    rules = {r["id"]: r for r in scenario["rules"]}
+    assert rules["inflight-fail-fast"]["verdict"] == "inconclusive"
+    assert "no endpoint for load" in rules["inflight-fail-fast"]["summary"]
+    assert rules["target-exits"]["verdict"] == "pass"
+    assert rules["service-unavailable"]["verdict"] == "pass"
