@@ -212,14 +212,16 @@ def omnitrace_server(request, _omnitrace_window):
 class Injector:
     def __init__(self, server: RunningServer):
         self.server, self.hogs = server, []
+        # under `omnitrace record --matrix FILE`: "worker" by that matrix's patterns, as verify.
+        # Read before any load runs: loading it imports verify's modules, which took seconds with
+        # a load thread streaming, delaying the fault until the streams had ended.
+        self.patterns = matrix_patterns(os.environ.get("OMNITRACE_MATRIX"))
 
     def signal(self, target: str, sig: str) -> SignalFault:
         """Signal `target` (worker, serve, all, a pid or a pattern) in the server's tree."""
         self.server.faulted = True
-        # under `omnitrace record --matrix FILE`: "worker" by that matrix's patterns, as verify
-        patterns = matrix_patterns(os.environ.get("OMNITRACE_MATRIX"))
         return inject_signal(self.server.pid, target, sig, scenario=self.server.row,
-                             server_url=self.server.url, patterns=patterns)
+                             server_url=self.server.url, patterns=self.patterns)
 
     def oom(self, ratio: float = oom.DEFAULT_RATIO, hold_s: float = 300.0, strict: bool = False):
         """Start the GPU memory hog (every device) and wait for READY; stopped at teardown."""

@@ -96,6 +96,11 @@ class Driver:
         self.health_poll_s = health_poll_s()
         self.model: str | None = None   # what GET /v1/models named once the server was healthy
         self.absent: dict[str, int] = {}  # request kinds the server has no endpoint for
+        # Read now, not at the fault: loading the matrix imports verify's modules, and with the load
+        # thread streaming that took 6-8 s against real vLLM, in which the streams caught in flight
+        # ran to completion before the signal was sent.
+        self.patterns = matrix_patterns(plan.matrix)
+        gpu_held_by(set())   # opens the GPU backend now, for the same reason
 
     def phase(self, name: str) -> None:
         self.outcome.phases[name] = round(time.monotonic() - self.t0, 3)
@@ -195,7 +200,7 @@ class Driver:
             self.start_hog()
             return
         fault = inject_signal(self.outcome.server_pid, p.target, p.fault, scenario=p.row,
-                              server_url=p.url, patterns=matrix_patterns(p.matrix))
+                              server_url=p.url, patterns=self.patterns)
         self.outcome.fault_pids = fault.pids
         self.check_in_flight(fault.t_start_ns / 1e9)   # the first signal's time
 
