@@ -518,3 +518,16 @@ def test_inflight_a_request_to_an_endpoint_the_server_lacks_is_not_judged():
     rule = verdicts(b)["inflight-fail-fast"]
     assert rule.verdict == "pass", rule.summary
     assert any("not applicable" in e.text for e in rule.evidence)
+
+
+def test_inflight_a_request_whose_connection_was_refused_was_never_in_flight():
+    """Seen against real vLLM: requests opened 40 ms before a SIGINT whose connect() was refused
+    once the server closed its listener. They never reached the server, so they cannot show that
+    in-flight requests failed fast: alone they leave the rule undecided, not passed."""
+    b = _under_load(sigkill_serve(server()), (FAULT + 0.09, "chat", None, "refused"))
+    rule = verdicts(b)["inflight-fail-fast"]
+    assert rule.verdict == "inconclusive", rule.summary
+    assert any("never reached the server" in e.text for e in rule.evidence)
+    both = _under_load(sigkill_serve(server()), (FAULT + 0.09, "chat", None, "refused"))
+    both.request(FAULT - 1.0, FAULT + 0.01, "chat-stream", error="reset")
+    assert verdicts(both)["inflight-fail-fast"].verdict == "pass"

@@ -26,6 +26,11 @@ def check(ctx: Context) -> Result:
     bad, good, undecided, ends, answered = [], [], [], [], []
     absent = {kind for kind in {r.kind for r in open_at_fault} if endpoint_absent(ctx, (kind,))}
     for r in open_at_fault:
+        if r.error_type == "refused":   # its connection was refused: it never reached the server
+            answered.append(ctx.cite(f"{r.describe()} opened at {ctx.at(r.t)}: its connection was "
+                                     f"refused at {ctx.at(r.end)}, it never reached the server: "
+                                     "not counted", r.end, r.ref))
+            continue
         if r.kind in absent:   # speech on a text model: its 404 is no answer to the fault
             answered.append(ctx.cite(f"{r.describe()} opened at {ctx.at(r.t)}: not applicable, "
                                      "the server has no such endpoint (404 before the fault)",
@@ -59,8 +64,8 @@ def check(ctx: Context) -> Result:
             good.append(ctx.cite(text, r.end, r.ref))
     if not ends:
         return Result(INCONCLUSIVE, summary="no request open at the fault could show it: each "
-                      f"completed within the {ctx.thresholds['inflight_grace_s']:g} s grace or had "
-                      "no endpoint", evidence=answered)
+                      f"completed within the {ctx.thresholds['inflight_grace_s']:g} s grace, never "
+                      "connected, or had no endpoint", evidence=answered)
     measured = ctx.seconds(max(ends))
     if bad:
         return Result(FAIL, measured, summary=f"{len(bad)} of {len(open_at_fault)} in-flight "
