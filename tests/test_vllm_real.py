@@ -49,6 +49,8 @@ def _avx2() -> bool:
 
 pytestmark = [
     pytest.mark.slow,
+    # one matrix run of three rows, each starting a real vLLM (~1-2 min on 2 cores): a guard
+    pytest.mark.timeout(1800),
     pytest.mark.skipif(not _avx2(), reason="vLLM's CPU build needs AVX2 or AVX-512"),
     pytest.mark.skipif(os.geteuid() != 0, reason="the lane records with BPF, which needs root"),
 ]
