@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from omnitrace.model.synthetic import TimelineBuilder, ns
-from tests.test_verify_rules import (FAULT, HARNESS, INJECTOR, SERVE, STAGE, TRACKER, WORKERS, oom,
-                                     server, sigkill_serve, sigterm_serve, verdicts)
+from tests.test_verify_rules import (FAULT, HARNESS, SERVE, oom, server, sigkill_serve,
+                                     sigterm_serve, verdicts)
 
 NO_2XX = "no 2xx answer from the server before the fault"
 NO_GPU = "the server's tree held no GPU memory before the fault"
@@ -22,19 +22,8 @@ def wrong_port(b):
 
 
 def cpu_server() -> TimelineBuilder:
-    """The server of tests.test_verify_rules on a machine whose (simulated) GPUs it never uses:
-    they are sampled, flat, and no process of its tree is in their process lists."""
-    b = TimelineBuilder()
-    b.spawn(HARNESS, 1, "pytest", -1.0)
-    b.gpu(0, 0.5, 0.0).gpu(1, 0.5, 0.0)
-    b.spawn(SERVE, HARNESS, "python3", 1.0, ports=[8000],
-            cmdline=["python3", "-m", "vllm_omni.entrypoints.cli.main", "serve", "Qwen", "--omni"])
-    b.spawn(TRACKER, SERVE, "python3", 1.1,
-            cmdline=["python3", "-c", "from multiprocessing.resource_tracker import main;main(57)"])
-    for pid in WORKERS:
-        b.spawn(pid, SERVE, STAGE, 1.2)
-    b.spawn(INJECTOR, HARNESS, "pytest-injector", 0.5)
-    return b
+    """The server of tests.test_verify_rules on a machine whose (simulated) GPUs it never uses."""
+    return server(holds_gpu=False)
 
 
 def test_service_unavailable_needs_a_2xx_before_the_fault():

@@ -15,8 +15,9 @@ FAULT = 10.0
 MATRIX = load_matrix(None)
 
 
-def server(sources=("kernel", "procfs", "gpu", "http")) -> TimelineBuilder:
-    """A 3-stage vllm-omni-like server started at 1 s, healthy and holding GPU memory by 2 s."""
+def server(sources=("kernel", "procfs", "gpu", "http"), holds_gpu=True) -> TimelineBuilder:
+    """A 3-stage vllm-omni-like server started at 1 s, healthy and holding GPU memory by 2 s
+    (holds_gpu=False: the GPUs are sampled, flat, and no process of its tree uses them)."""
     b = TimelineBuilder(sources)
     b.spawn(HARNESS, 1, "pytest", -1.0)
     b.gpu(0, 0.5, 0.0).gpu(1, 0.5, 0.0)
@@ -26,8 +27,10 @@ def server(sources=("kernel", "procfs", "gpu", "http")) -> TimelineBuilder:
             cmdline=["python3", "-c", "from multiprocessing.resource_tracker import main;main(57)"])
     for pid, device in WORKERS.items():
         b.spawn(pid, SERVE, STAGE, 1.2)
-        b.gpu_proc(device, pid, 20, 2.0)
-    b.gpu(0, 20.5, 2.0).gpu(1, 40.5, 2.0)
+        if holds_gpu:
+            b.gpu_proc(device, pid, 20, 2.0)
+    if holds_gpu:
+        b.gpu(0, 20.5, 2.0).gpu(1, 40.5, 2.0)
     b.spawn(INJECTOR, HARNESS, "pytest-injector", 0.5)
     return b
 
