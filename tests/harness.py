@@ -1,5 +1,6 @@
-"""What many tests share: waiting on a condition with a deadline, and running one recorder
-source on its own into a real timeline file, as the recorder drives it."""
+"""What many tests share: waiting on a condition with a deadline, opening an SSE stream from a
+test server, and running one recorder source on its own into a real timeline file, as the
+recorder drives it."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,20 @@ from contextlib import contextmanager
 
 from omnitrace.record.source import RecordContext
 from omnitrace.timeline import TimelineWriter, make_header, read_timeline
+
+
+FIRST_EVENT = b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n'
+
+
+def open_stream(handler) -> None:
+    """From an http.server handler: answer 200 as an SSE stream and send its first event, flushed,
+    so the client has its first byte (the stream is open, not finished)."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    handler.wfile.write(FIRST_EVENT)
+    handler.wfile.flush()
 
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition", step: float = 0.01):

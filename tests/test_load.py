@@ -16,6 +16,7 @@ import pytest
 from omnitrace.inject.load import Load, discover_model, request_spec, summary_table
 from omnitrace.record.otlp import OtlpReceiver
 from omnitrace.record.source import RecordContext
+from tests.harness import open_stream
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -37,12 +38,7 @@ class Handler(BaseHTTPRequestHandler):
         if model == "engine-died":
             return self._engine_died(body.get("stream"))
         if body.get("stream"):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n')
-            self.wfile.flush()
+            open_stream(self)
             if model == "cut":
                 time.sleep(0.1)
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
@@ -59,11 +55,7 @@ class Handler(BaseHTTPRequestHandler):
                            "InternalServerError", "param": None, "code": 500}}
         if not stream:
             return self._send(200, json.dumps(error).encode())
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n')
+        open_stream(self)
         self.wfile.write(b"data: " + json.dumps(error).encode() + b"\n\ndata: [DONE]\n\n")
 
     def do_GET(self):

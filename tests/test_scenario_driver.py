@@ -2,9 +2,11 @@
 when a fast server answers every request before one can be caught in flight."""
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from omnitrace.inject.load import RequestShape
 from omnitrace.inject.scenario import Driver, Plan
 from omnitrace.inject.server import ServerFailed
+from tests.harness import open_stream
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -21,14 +24,8 @@ class Handler(BaseHTTPRequestHandler):
     release = threading.Event()
 
     def do_POST(self):
-        import json
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n')
-        self.wfile.flush()
+        open_stream(self)
         if body.get("max_tokens", 0) > 100:
             self.release.wait(30)
         self.wfile.write(b"data: [DONE]\n\n")
@@ -81,7 +78,6 @@ def test_a_server_that_never_says_200_is_reported_with_what_it_answered(tmp_path
     """A plain web service whose /health answers 503 forever: the start-up failure names the
     statuses and the last body, not only the timeout."""
     from omnitrace.inject.server import Server, free_port
-    import sys
     port = free_port()
     app = tmp_path / "app.py"
     app.write_text(
@@ -126,7 +122,6 @@ def test_a_server_with_no_openai_endpoints_is_told_apart_from_a_broken_one(tmp_p
     """A health-only web service under an under-load row: the run says once which request kinds
     do not apply, injects with nothing in flight instead of failing the row, and the in-flight
     rule says why it cannot be decided; no 404 is counted as the server's answer to the fault."""
-    from pathlib import Path
     from tests.harness import matrix_run
     app = Path(__file__).parent / "servers" / "health_only.py"
     cli, report = matrix_run(tmp_path / "run", "--serve", f"{sys.executable} {app} {{port}}",
