@@ -88,10 +88,10 @@ def _server_alive(ctx: Context, oom_end: int):
                           oom_end, None, server)
 
 
-def _applicable_requests(ctx: Context, oom_end: int, kinds: tuple[str, ...], label: str):
-    """As _requests, unless the server has no endpoint for the kind: then not applicable (a
-    pass of this part that says so), never a failure for a 404 (speech on a text model)."""
-    absent = endpoint_absent(ctx, kinds)
+def _applicable_requests(ctx: Context, oom_end: int, kinds: tuple[str, ...], label: str, absent):
+    """As _requests, unless the server has no endpoint for the kind (`absent`, from
+    endpoint_absent): then not applicable (a pass of this part that says so), never a failure
+    for a 404 (speech on a text model)."""
     if absent is None:
         return _requests(ctx, oom_end, kinds, label)
     return PASS, [ctx.cite(f"{label}: not applicable, {absent.describe()} answered "
@@ -102,10 +102,10 @@ def _applicable_requests(ctx: Context, oom_end: int, kinds: tuple[str, ...], lab
 def check(ctx: Context) -> Result:
     oom_end = _hog_end(ctx)
     health = _health(ctx, oom_end)
-    chat = _applicable_requests(ctx, oom_end, CHAT_KINDS, "chat")
-    speech = _applicable_requests(ctx, oom_end, ("speech",), "speech")
-    if not chat[2] and not speech[2] and endpoint_absent(ctx, CHAT_KINDS) and \
-            endpoint_absent(ctx, ("speech",)):
+    no_chat, no_speech = endpoint_absent(ctx, CHAT_KINDS), endpoint_absent(ctx, ("speech",))
+    chat = _applicable_requests(ctx, oom_end, CHAT_KINDS, "chat", no_chat)
+    speech = _applicable_requests(ctx, oom_end, ("speech",), "speech", no_speech)
+    if no_chat is not None and no_speech is not None:   # then neither part made a request
         return Result(INCONCLUSIVE, summary="the server has neither a chat nor a speech endpoint: "
                       "no request can show how it answers under OOM",
                       evidence=chat[1] + speech[1])
