@@ -98,10 +98,6 @@ class Process:
         """The latest title: what an engineer would see in ps at the end."""
         return self.names[-1][1] if self.names else ""
 
-    def all_names(self) -> str:
-        """Everything a role pattern may match: every title it had, and its cmdline."""
-        return " ".join([n for _, n in self.names] + self.cmdline)
-
     def own_names(self) -> str:
         """What a role pattern may match: every title it gave itself, and its cmdline. A forked
         child starts with its parent's name (the fork record's comm) until it execs or renames;
