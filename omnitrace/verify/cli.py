@@ -9,7 +9,7 @@ from omnitrace.errors import OmnitraceError
 from omnitrace.timeline import read_timeline, settle_for_analysis
 from omnitrace.verify.engine import verify_timeline
 from omnitrace.verify.junit import to_junit
-from omnitrace.verify.matrix import BUILTIN_FALLBACK, load_matrix, matrix_for
+from omnitrace.verify.matrix import BUILTIN_FALLBACK, load_matrix, matrix_for, row_entry
 from omnitrace.verify.rules import RULES
 from omnitrace.verify.table import render
 
@@ -83,10 +83,8 @@ def show(matrix_file, as_json):
     """Print the matrix: every row with its rules and thresholds."""
     m = load_matrix(matrix_file)
     if as_json:
-        click.echo(json.dumps({"matrix": m.name, "sources": m.sources, "rows": [
-            {"id": r.id, "load": r.load, "fault": r.fault, "target": r.target,
-             "observe_s": r.observe_s, "rules": r.rules, "thresholds": r.thresholds,
-             "behaviour": r.behaviour, "issues": r.issues} for r in m.rows]}, indent=2))
+        click.echo(json.dumps({"matrix": m.name, "sources": m.sources,
+                               "rows": [row_entry(r) for r in m.rows]}, indent=2))
         return
     click.echo(f"matrix {m.name}: {m.description}  ({', '.join(m.sources)})")
     for r in m.rows:

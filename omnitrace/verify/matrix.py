@@ -117,16 +117,21 @@ def to_document(matrix: Matrix) -> dict[str, Any]:
     """The matrix as one stand-alone document that load_matrix's rules accept."""
     rows = []
     for row in matrix.rows:
-        raw = {"id": row.id, "load": row.load, "fault": row.fault, "target": row.target,
-               "observe_s": row.observe_s, "rules": list(row.rules),
-               "thresholds": dict(row.thresholds), "behaviour": row.behaviour,
-               "issues": list(row.issues)}
+        raw = row_entry(row)
         if row.pattern is not None:
             raw["pattern"] = row.pattern
         rows.append(raw)
     return {"matrix": matrix.name, "description": matrix.description,
             "patterns": dataclasses.asdict(matrix.patterns),
             "load_settings": dict(matrix.load_settings), "rows": rows}
+
+
+def row_entry(row: Row) -> dict[str, Any]:
+    """A row's fields as a document holds them (`matrix show --json` prints these)."""
+    return {"id": row.id, "load": row.load, "fault": row.fault, "target": row.target,
+            "observe_s": row.observe_s, "rules": list(row.rules),
+            "thresholds": dict(row.thresholds), "behaviour": row.behaviour,
+            "issues": list(row.issues)}
 
 
 def from_header(entry: Any, where: str) -> Matrix:
