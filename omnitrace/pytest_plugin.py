@@ -19,7 +19,6 @@ Every process a fixture starts is stopped at teardown, and every wait has a dead
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -28,7 +27,8 @@ from omnitrace.inject.gpu_holders import gpu_held_by
 from omnitrace.inject.load import MIX, Load, RequestResult, RequestShape, discover_model
 from omnitrace.inject.probes import absent_endpoints, probe
 from omnitrace.inject.roles import matrix_patterns
-from omnitrace.inject.server import Server, become_subreaper, child_env, expand, free_port
+from omnitrace.inject.server import (DownSince, Server, become_subreaper, child_env, expand,
+                                     free_port)
 from omnitrace.inject.signals import SignalFault, inject_signal
 from omnitrace.testbed.harness import wait_until
 
@@ -159,14 +159,11 @@ def _watch_unavailable_hold(running: RunningServer) -> None:
     if row is None or "service-unavailable" not in row.rules:
         return
     hold = row.thresholds.get("unavailable_hold_s", 0.0)
-    down_since: list[float] = []
+    down = DownSince()
 
     def held() -> bool:
-        if running.health() == 200:
-            down_since.clear()
-        elif not down_since:
-            down_since.append(time.monotonic())
-        return bool(down_since) and time.monotonic() - down_since[0] >= hold
+        down.note(running.health())
+        return down.held_for(hold)
     _poll(held, hold + SETTLE_MAX_S, every_s=0.5)
 
 

@@ -28,8 +28,8 @@ from omnitrace.events import signal_name
 from omnitrace.inject import marks, oom, probes
 from omnitrace.inject.gpu_holders import gpu_held_by
 from omnitrace.inject.load import MIX, Load, RequestShape, discover_model, request_spec, summary_table
-from omnitrace.inject.server import (Server, ServerFailed, become_subreaper, child_env, expand,
-                                     health_status)
+from omnitrace.inject.server import (DownSince, Server, ServerFailed, become_subreaper, child_env,
+                                     expand, health_status)
 from omnitrace.inject.roles import matrix_patterns
 from omnitrace.inject.signals import inject_signal
 
@@ -92,7 +92,7 @@ class Driver:
         self.hog: subprocess.Popen | None = None
         self.probes_done = threading.Event()
         self.stop = threading.Event()
-        self.unavailable_since: float | None = None
+        self.down = DownSince()   # /health's current run of non-2xx answers
         self.health_poll_s = health_poll_s()
         self.model: str | None = None   # what GET /v1/models named once the server was healthy
         self.absent: dict[str, int] = {}  # request kinds the server has no endpoint for
@@ -268,10 +268,9 @@ class Driver:
     def unavailable_for(self, seconds: float) -> bool:
         """/health has answered non-2xx (or nothing) without a break for at least `seconds`.
         With health unwatched (--health-rate 0) the hold counts from the fault instead."""
-        since = self.unavailable_since
         if not self.health_poll_s:
-            since = self.t0 + self.outcome.phases["observing"]
-        return since is not None and time.monotonic() - since >= seconds
+            return time.monotonic() - self.t0 - self.outcome.phases["observing"] >= seconds
+        return self.down.held_for(seconds)
 
     def gpu_held(self) -> bool:
         """Whether a process of the server's tree still holds GPU memory (memory can outlive its
@@ -282,11 +281,7 @@ class Driver:
         """For the whole window: when the current run of non-2xx answers began (None while
         healthy), so a health endpoint that flaps back to 2xx starts the hold again."""
         while self.health_poll_s and not self.stop.is_set():
-            status = health_status(self.plan.url)
-            if status is not None and 200 <= status < 300:
-                self.unavailable_since = None
-            elif self.unavailable_since is None:
-                self.unavailable_since = time.monotonic()
+            self.down.note(health_status(self.plan.url))
             time.sleep(self.health_poll_s)
 
     def run_probes(self) -> None:

@@ -63,12 +63,35 @@ def expand(cmd: str, port: int) -> list[str]:
     return shlex.split(cmd.replace("{port}", str(port)))
 
 
+def ask_health(url: str, timeout_s: float = 1.0) -> httpx.Response | httpx.HTTPError:
+    """GET /health: the reply, or the error when nothing answered."""
+    try:
+        return httpx.get(url.rstrip("/") + "/health", timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        return exc
+
+
 def health_status(url: str, timeout_s: float = 1.0) -> int | None:
     """GET /health's status, or None when nothing answered."""
-    try:
-        return httpx.get(url.rstrip("/") + "/health", timeout=timeout_s).status_code
-    except httpx.HTTPError:
-        return None
+    reply = ask_health(url, timeout_s)
+    return None if isinstance(reply, httpx.HTTPError) else reply.status_code
+
+
+class DownSince:
+    """When the current run of non-2xx (or unanswered) /health polls began; None while healthy.
+    A 2xx ends the run, so a health endpoint that flaps back starts "stays unavailable" again."""
+
+    def __init__(self):
+        self.since: float | None = None
+
+    def note(self, status: int | None) -> None:
+        if status is not None and 200 <= status < 300:
+            self.since = None
+        elif self.since is None:
+            self.since = time.monotonic()
+
+    def held_for(self, seconds: float) -> bool:
+        return self.since is not None and time.monotonic() - self.since >= seconds
 
 
 class StartupAnswers:
@@ -79,12 +102,11 @@ class StartupAnswers:
         self.last_body = ""
 
     def ask(self, url: str) -> int | None:
-        try:
-            reply = httpx.get(url.rstrip("/") + "/health", timeout=1.0)
-            status, self.last_body = reply.status_code, reply.text[:120]
-        except httpx.HTTPError as exc:
-            status, name = None, type(exc).__name__
-        key = str(status) if status is not None else f"no answer ({name})"
+        reply = ask_health(url)
+        if isinstance(reply, httpx.HTTPError):
+            status, key = None, f"no answer ({type(reply).__name__})"
+        else:
+            status, key, self.last_body = reply.status_code, str(reply.status_code), reply.text[:120]
         self.counts[key] = self.counts.get(key, 0) + 1
         return status
 
