@@ -9,7 +9,8 @@ from omnitrace.gpu import GpuBackendError
 _backend = None   # opened on first use; False when this machine has none
 
 
-def _open():
+def open_gpu_backend():
+    """The recorder's GPU backend, opened once per process; False when this machine has none."""
     global _backend
     if _backend is None:
         from omnitrace.record.gpu import choose_backend
@@ -23,7 +24,7 @@ def _open():
 def gpu_held_by(pids: set[int]) -> bool:
     """True when any of `pids` is in a device's process list. A failing query answers False: a
     row's window still bounds whatever waits on this."""
-    backend = _open()
+    backend = open_gpu_backend()
     if not backend:
         return False
     try:

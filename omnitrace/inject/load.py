@@ -23,6 +23,11 @@ from omnitrace.inject import marks
 
 KINDS = ("chat", "chat-stream", "speech", "mix")
 MIX = ("chat", "chat-stream", "speech")
+
+
+def kinds_of(kind: str) -> tuple[str, ...]:
+    """The request kinds a load of `kind` sends: mix cycles through MIX."""
+    return MIX if kind == "mix" else (kind,)
 PROMPT = "Describe, in one paragraph, what a fault-injection matrix checks."
 END_REASONS = ("completed", "4xx", "5xx", "error-event", "truncated", "reset", "refused", "timeout",
                "cancelled")

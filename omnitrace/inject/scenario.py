@@ -26,8 +26,9 @@ from opentelemetry.trace import Status, StatusCode
 from omnitrace.errors import OmnitraceError
 from omnitrace.events import signal_name
 from omnitrace.inject import marks, oom, probes
-from omnitrace.inject.gpu_holders import gpu_held_by
-from omnitrace.inject.load import MIX, Load, RequestShape, discover_model, request_spec, summary_table
+from omnitrace.inject.gpu_holders import gpu_held_by, open_gpu_backend
+from omnitrace.inject.load import (Load, RequestShape, discover_model, kinds_of, request_spec,
+                                   summary_table)
 from omnitrace.inject.server import (DownSince, Server, ServerFailed, become_subreaper, child_env,
                                      expand, health_status)
 from omnitrace.inject.roles import matrix_patterns
@@ -100,7 +101,7 @@ class Driver:
         # thread streaming that took 6-8 s against real vLLM, in which the streams caught in flight
         # ran to completion before the signal was sent.
         self.patterns = matrix_patterns(plan.matrix)
-        gpu_held_by(set())   # opens the GPU backend now, for the same reason
+        open_gpu_backend()   # now, for the same reason
 
     def phase(self, name: str) -> None:
         self.outcome.phases[name] = round(time.monotonic() - self.t0, 3)
@@ -141,7 +142,7 @@ class Driver:
 
     def kinds_used(self) -> tuple[str, ...]:
         p = self.plan
-        kinds = list(MIX if p.load_kind == "mix" else (p.load_kind,)) if p.load else []
+        kinds = list(kinds_of(p.load_kind)) if p.load else []
         if p.target in ("worker", "gpu") or p.fault == "oom" or p.probe_after_s is not None:
             kinds.append("chat")
         if p.fault == "oom":
@@ -160,8 +161,7 @@ class Driver:
                   "are not decided", file=sys.stderr, flush=True)
 
     def load_applies(self) -> bool:
-        kinds = MIX if self.plan.load_kind == "mix" else (self.plan.load_kind,)
-        if all(k in self.absent for k in kinds):
+        if all(k in self.absent for k in kinds_of(self.plan.load_kind)):
             print("omnitrace: no load request kind applies to this server: the fault is injected "
                   "with nothing in flight (inflight-fail-fast cannot be decided)", file=sys.stderr,
                   flush=True)
