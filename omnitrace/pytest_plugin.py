@@ -18,6 +18,7 @@ Every process a fixture starts is stopped at teardown, and every wait has a dead
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import pytest
@@ -26,7 +27,6 @@ from omnitrace.inject import marks, oom
 from omnitrace.inject.gpu_holders import gpu_held_by
 from omnitrace.inject.load import MIX, Load, RequestResult, RequestShape, discover_model
 from omnitrace.inject.probes import absent_endpoints, probe
-from omnitrace.inject.roles import matrix_patterns
 from omnitrace.inject.server import (DownSince, Server, become_subreaper, child_env, expand,
                                      free_port)
 from omnitrace.inject.signals import SignalFault, inject_signal
@@ -169,9 +169,14 @@ def _watch_unavailable_hold(running: RunningServer) -> None:
 
 def _matrix():
     """The matrix the recording names (OMNITRACE_MATRIX, set by `omnitrace record --matrix`),
-    else the built-in one."""
+    else the built-in one; read once per file."""
+    return _load_matrix(os.environ.get("OMNITRACE_MATRIX"))
+
+
+@functools.lru_cache(maxsize=None)
+def _load_matrix(path: str | None):
     from omnitrace.verify.matrix import load_matrix
-    return load_matrix(os.environ.get("OMNITRACE_MATRIX"))
+    return load_matrix(path)
 
 
 def _poll(condition, timeout_s: float, every_s: float = 0.1) -> bool:
@@ -212,7 +217,7 @@ class Injector:
         # under `omnitrace record --matrix FILE`: "worker" by that matrix's patterns, as verify.
         # Read before any load runs: loading it imports verify's modules, which took seconds with
         # a load thread streaming, delaying the fault until the streams had ended.
-        self.patterns = matrix_patterns(os.environ.get("OMNITRACE_MATRIX"))
+        self.patterns = _matrix().patterns
 
     def signal(self, target: str, sig: str) -> SignalFault:
         """Signal `target` (worker, serve, all, a pid or a pattern) in the server's tree."""
