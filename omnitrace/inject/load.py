@@ -281,12 +281,17 @@ class BodyReader:
             self.error_event = True
 
 
-def _is_error_object(data: bytes) -> bool:
+def _error_of(data: bytes):
+    """The `error` member of a JSON object body or event; None when there is none."""
     try:
         doc = json.loads(data)
     except ValueError:
-        return False
-    return isinstance(doc, dict) and doc.get("error") not in (None, "", {})
+        return None
+    return doc.get("error") if isinstance(doc, dict) else None
+
+
+def _is_error_object(data: bytes) -> bool:
+    return _error_of(data) not in (None, "", {})
 
 
 def _reason_for(status: int, body: BodyReader) -> str:
@@ -304,10 +309,7 @@ def _reason_for(status: int, body: BodyReader) -> str:
 
 def _openai_error(tail: bytes) -> bool:
     """Whether an error body has the OpenAI shape {"error": {"message": str, ...}}."""
-    try:
-        error = json.loads(tail).get("error")
-    except (ValueError, AttributeError):
-        return False
+    error = _error_of(tail)
     return isinstance(error, dict) and isinstance(error.get("message"), str)
 
 
