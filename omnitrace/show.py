@@ -111,7 +111,7 @@ def render_table(views: list[dict[str, Any]], show_all: bool = False,
         lines.append(_process_line(v, windows))
         lines += [f"{'':>26}{_fmt_time(t):>10}  <- {text}{_after_window(t, windows)}"
                   for t, text in _signal_lines(v)]
-    hidden = [v["pid"] for v in views if v not in shown]
+    hidden = [v["pid"] for v in views if not (show_all or v["in_recorded_tree"])]
     if hidden:
         pids = " ".join(str(pid) for pid in hidden[:8]) + (" …" if len(hidden) > 8 else "")
         lines.append(f"({len(hidden)} process{'es' if len(hidden) > 1 else ''} outside the "
