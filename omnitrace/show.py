@@ -15,8 +15,8 @@ from omnitrace.events import signal_name
 from omnitrace.model import Model, Process, build_model
 from omnitrace.model.roles import RolePatterns
 from omnitrace.timeline import read_timeline
-from omnitrace.view import (display_name, display_roles, grouped_signals, recorded_tree,
-                            role_patterns, signal_group_dict)
+from omnitrace.view import (describe_signal, display_name, display_roles, grouped_signals,
+                            recorded_tree, role_patterns, signal_group_dict)
 
 
 def process_view(model: Model, proc: Process) -> dict[str, Any]:
@@ -148,24 +148,12 @@ def _process_line(v: dict[str, Any], windows: list[dict[str, Any]] = ()) -> str:
 def _signal_lines(v: dict[str, Any]) -> list[tuple[float, str]]:
     """(time, text) per signal; every SIGCHLD of the process folded into the first one's line."""
     children = [s for s in v["signals"] if s["signal"] == "SIGCHLD"]
-    lines = [(s["time"], _signal_text(s)) for s in v["signals"] if s["signal"] != "SIGCHLD"]
+    lines = [(s["time"], describe_signal(**s)) for s in v["signals"] if s["signal"] != "SIGCHLD"]
     if len(children) == 1:
-        lines.append((children[0]["time"], _signal_text(children[0])))
+        lines.append((children[0]["time"], describe_signal(**children[0])))
     elif children:
         lines.append((children[0]["time"], _sigchld_text(children)))
     return sorted(lines, key=lambda line: line[0])
-
-
-def _signal_text(s: dict[str, Any]) -> str:
-    how = s["disposition"] or "not delivered"
-    threads = s["threads"]
-    if s["by_kernel"]:
-        return (f"{s['signal']} from the kernel to {threads} thread{'s' if threads != 1 else ''} "
-                f"({how}): the group's exit")
-    sender = "the kernel" if s["sender_pid"] == 0 else (
-        f"pid {s['sender_pid']}" + (f" {s['sender_comm']}" if s["sender_comm"] else ""))
-    return f"{s['signal']} from {sender} ({how})" + (
-        f", delivered to {threads} threads" if threads > 1 else "")
 
 
 def _sigchld_text(children: list[dict[str, Any]]) -> str:

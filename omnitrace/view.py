@@ -111,20 +111,24 @@ class SignalGroup:
     def name(self) -> str:
         return self.first.name
 
-    def sender(self) -> str:
-        if self.by_kernel or self.first.sender_pid == 0:
-            return "the kernel"
-        comm = f" {self.first.sender_comm}" if self.first.sender_comm else ""
-        return f"pid {self.first.sender_pid}{comm}"
-
     def describe(self) -> str:
         """'SIGKILL from pid 9711 python3 (default), delivered to 46 threads'."""
-        how = self.first.disposition or "not delivered"
-        if self.by_kernel:
-            return (f"{self.name} from the kernel to {self.threads} "
-                    f"thread{'s' if self.threads != 1 else ''} ({how}): the group's exit")
-        text = f"{self.name} from {self.sender()} ({how})"
-        return text + (f", delivered to {self.threads} threads" if self.threads > 1 else "")
+        return describe_signal(self.name, self.first.sender_pid, self.first.sender_comm,
+                               self.first.disposition, self.threads, self.by_kernel)
+
+
+def describe_signal(signal: str, sender_pid: int, sender_comm: str | None,
+                    disposition: str | None, threads: int, by_kernel: bool, **_: object) -> str:
+    """A signal group in words, from its fields (a SignalGroup's, or the dict signal_group_dict
+    makes of one: `describe_signal(**d)`)."""
+    how = disposition or "not delivered"
+    if by_kernel:
+        return (f"{signal} from the kernel to {threads} thread{'s' if threads != 1 else ''} "
+                f"({how}): the group's exit")
+    sender = "the kernel" if sender_pid == 0 else (
+        f"pid {sender_pid}" + (f" {sender_comm}" if sender_comm else ""))
+    return f"{signal} from {sender} ({how})" + (
+        f", delivered to {threads} threads" if threads > 1 else "")
 
 
 def thread_delivery(receipt: SignalReceipt) -> bool:
