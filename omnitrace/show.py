@@ -15,8 +15,9 @@ from omnitrace.events import signal_name
 from omnitrace.model import Model, Process, build_model
 from omnitrace.model.roles import RolePatterns
 from omnitrace.timeline import read_timeline
-from omnitrace.view import (describe_signal, display_name, display_roles, grouped_signals,
-                            recorded_tree, role_patterns, signal_group_dict)
+from omnitrace.view import (describe_signal, display_name, display_roles, fault_name,
+                            grouped_signals, marked_windows, recorded_tree, role_patterns,
+                            signal_group_dict)
 
 
 def process_view(model: Model, proc: Process) -> dict[str, Any]:
@@ -77,12 +78,10 @@ def _reparented_at(model: Model, proc: Process) -> float | None:
 def scenario_windows(model: Model) -> list[dict[str, Any]]:
     """The scenario marks' windows, in seconds, with the faults inside each."""
     secs = lambda t: round((t - model.t0) / 1e9, 6)  # noqa: E731
-    faults = [m for m in model.marks if m.kind in ("fault", "oom")]
     return [{"id": w.scenario, "start": secs(w.t), "end": secs(w.end), "faults": [
-                {"fault": signal_name(f.signal) if f.signal else f.kind, "target": f.target,
-                 "pids": f.pids, "time": secs(f.t)}
-                for f in faults if w.t <= f.t <= w.end and f.scenario in (None, w.scenario)]}
-            for w in model.marks if w.kind == "scenario"]
+                {"fault": fault_name(f), "target": f.target, "pids": f.pids, "time": secs(f.t)}
+                for f in faults]}
+            for w, faults in marked_windows(model)]
 
 
 def _fmt_time(value: float | None) -> str:

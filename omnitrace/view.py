@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from omnitrace.events import signal_name
 from omnitrace.model import Model, Process
+from omnitrace.model.marks import Mark
 from omnitrace.model.process import TERMINATING_SIGNALS, SignalReceipt
 from omnitrace.model.roles import (ENGINE, HELPER, OTHER, SERVE, WORKER, RolePatterns,
                                    assign_roles, find_servers)
@@ -91,6 +93,24 @@ def role_patterns(header: dict, matrix_file: str | None, where: str) -> RolePatt
     """The role patterns verify would use on this recording (`where`, for errors): --matrix
     FILE's, else those of the matrix the header carries, else the built-in matrix's."""
     return matrix_for(header, matrix_file, where)[0].patterns
+
+
+# --- scenario windows, from the marks ----------------------------------------------------------
+def fault_marks(model: Model) -> list[Mark]:
+    return [m for m in model.marks if m.kind in ("fault", "oom")]
+
+
+def marked_windows(model: Model) -> list[tuple[Mark, list[Mark]]]:
+    """Each scenario mark with the fault and oom marks inside its window that are its own or no
+    scenario's (the pairing verify makes of them, model/scenarios.py)."""
+    faults = fault_marks(model)
+    return [(w, [f for f in faults if w.t <= f.t <= w.end and f.scenario in (None, w.scenario)])
+            for w in model.marks if w.kind == "scenario"]
+
+
+def fault_name(mark: Mark) -> str:
+    """'SIGKILL', or the mark's kind ('oom') when it names no signal."""
+    return signal_name(mark.signal) if mark.signal else mark.kind
 
 
 # --- signals --------------------------------------------------------------------------------------

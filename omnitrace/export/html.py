@@ -30,8 +30,8 @@ from omnitrace.model.http import Request
 from omnitrace.model.marks import Mark
 from omnitrace.model.roles import RolePatterns
 from omnitrace.timeline import Timeline
-from omnitrace.view import (command_summary, display_name, display_roles, grouped_signals,
-                            recorded_tree, role_patterns)
+from omnitrace.view import (command_summary, display_name, display_roles, fault_marks, fault_name,
+                            grouped_signals, marked_windows, recorded_tree, role_patterns)
 
 WIDTH, LABEL_W, RIGHT_PAD = 1100, 300, 20
 ROW_H, GPU_H, AXIS_H = 20, 90, 44
@@ -173,10 +173,8 @@ def _anchor(scenario: Any) -> str:
 
 # --- windows --------------------------------------------------------------------------------------
 def _windows(model: Model) -> list[_Window]:
-    faults = [m for m in model.marks if m.kind in ("fault", "oom")]
     windows = []
-    for mark in (m for m in model.marks if m.kind == "scenario"):
-        inside = [f for f in faults if mark.t <= f.t <= mark.end and f.scenario in (None, mark.scenario)]
+    for mark, inside in marked_windows(model):
         pad = max((mark.end - mark.t) // 10, 50_000_000)
         end = mark.end + pad
         if model.t_end > mark.end:        # the picture stops where the recording did
@@ -185,6 +183,7 @@ def _windows(model: Model) -> list[_Window]:
                                inside[0].t if inside else mark.t, mark.server_pid, inside,
                                window_end=mark.end))
     if not windows:
+        faults = fault_marks(model)
         windows.append(_Window("whole recording", None, model.t0, max(model.t_end, model.t0 + 1),
                                faults[0].t if faults else model.t0, None, faults))
     return windows
@@ -280,7 +279,7 @@ def _axis(canvas: _Canvas) -> None:
     canvas.add(f'<text class="tick-note" x="4" y="12">'
                f'{"s after the fault" if w.faults else "s after start"}</text>')
     for fault in w.faults:
-        label = signal_name(fault.signal) if fault.signal else fault.kind
+        label = fault_name(fault)
         pids = ", ".join(str(p) for p in fault.pids)
         text = f"{label} → {fault.target or ''} {pids}"
         x = canvas.x(fault.t)
