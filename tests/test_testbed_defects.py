@@ -93,7 +93,8 @@ def test_exit_on_oom_takes_the_whole_server_down(hog_factory):
         tree = tb.tree_pids()
         hog_factory(tb)
         s.join(5)
-        assert s.outcome == "RemoteProtocolError"
+        # the stage's error event may reach the client before the server exits, or not
+        assert s.outcome in ("error-event", "RemoteProtocolError")
         assert tb.proc.wait(10) == 1
         assert wait_until(lambda: all(is_gone(pid) for pid in tree), 5) is not None
     with defect("exit-on-oom") as tb:            # a stage killed otherwise: the server stays
