@@ -322,14 +322,16 @@ def _scenario_section(ctx: _Context, w: _Window, verdict: str | None) -> str:
     procs = _processes(ctx, w)
     badge = (f'<span class="v {VERDICT_CLASSES.get(verdict, "inc")}">{_e(verdict)}</span>'
              if verdict else "")
-    notes = [_gpu_note(ctx, w, procs), *_http_notes(ctx.model, w), *_orphan_notes(ctx, w, procs)]
+    lanes = _lanes(ctx.model, w)
+    notes = [_gpu_note(ctx, w, procs), *_http_notes(w, lanes), *_orphan_notes(ctx, w, procs)]
     zoom = _around_the_fault(w)
     closer = (f'<h3>around the fault: {_seconds(zoom.start - zoom.zero)} s to '
-              f'{_seconds(zoom.end - zoom.zero)} s</h3>{_picture(ctx, zoom, _processes(ctx, zoom))}'
+              f'{_seconds(zoom.end - zoom.zero)} s</h3>'
+              f'{_picture(ctx, zoom, _processes(ctx, zoom), _lanes(ctx.model, zoom))}'
               if zoom else "")
     return (f'<section class="scenario" id="{_anchor(w.scenario or "all")}" '
             f'data-scenario="{_e(w.scenario or "")}"><h2>{_e(w.title)} {badge}</h2>'
-            f'{_picture(ctx, w, procs)}{"".join(_note(n) for n in notes if n)}'
+            f'{_picture(ctx, w, procs, lanes)}{"".join(_note(n) for n in notes if n)}'
             f'{_helpers_details(ctx, w, _split_helpers(ctx, procs, w)[1])}{closer}</section>')
 
 
@@ -337,10 +339,10 @@ def _note(text: str) -> str:
     return f'<p class="note">{_e(text)}</p>'
 
 
-def _picture(ctx: _Context, w: _Window, procs: list[Process]) -> str:
+def _picture(ctx: _Context, w: _Window, procs: list[Process], lanes: list[_Lane]) -> str:
     rows, helpers = _split_helpers(ctx, procs, w)
     bands = [_process_band(ctx, w, rows, helpers), _gpu_band(ctx, w, procs),
-             _http_band(ctx.model, w)]
+             _http_band(w, lanes)]
     return f'<div class="picture">{"".join(b for b in bands if b)}</div>'
 
 
@@ -621,20 +623,35 @@ def _runs(requests: list[Request]) -> list[_Run]:
     return runs
 
 
-def _http_band(model: Model, w: _Window) -> str:
-    canvas = _Canvas(w)
+@dataclass
+class _Lane:
+    """One request kind's row of the HTTP band."""
+    kind: str
+    requests: list[Request]
+    runs: list[_Run] | None      # drawn as runs of one outcome (and told in words), else None
+
+
+def _lanes(model: Model, w: _Window) -> list[_Lane]:
     requests = model.requests_between(w.start, w.end)
-    y = _band_title(canvas, 0, f"HTTP ({len(requests)} requests)")
-    if not requests:
-        canvas.add(f'<text class="none" x="{LABEL_W}" y="{y + 12}">no HTTP requests</text>')
-        return canvas.svg(y + ROW_H)
+    lanes = []
     for kind in sorted({r.kind for r in requests}):
         of_kind = [r for r in requests if r.kind == kind]
-        canvas.add(f'<text class="proc" x="4" y="{y + 14}">{_e(kind)}</text>')
-        if _as_runs(kind, of_kind):
-            _draw_runs(canvas, _runs(of_kind), y)
+        lanes.append(_Lane(kind, of_kind, _runs(of_kind) if _as_runs(kind, of_kind) else None))
+    return lanes
+
+
+def _http_band(w: _Window, lanes: list[_Lane]) -> str:
+    canvas = _Canvas(w)
+    y = _band_title(canvas, 0, f"HTTP ({sum(len(lane.requests) for lane in lanes)} requests)")
+    if not lanes:
+        canvas.add(f'<text class="none" x="{LABEL_W}" y="{y + 12}">no HTTP requests</text>')
+        return canvas.svg(y + ROW_H)
+    for lane in lanes:
+        canvas.add(f'<text class="proc" x="4" y="{y + 14}">{_e(lane.kind)}</text>')
+        if lane.runs is not None:
+            _draw_runs(canvas, lane.runs, y)
         else:
-            _draw_requests(canvas, of_kind, y)
+            _draw_requests(canvas, lane.requests, y)
         y += ROW_H
     return canvas.svg(y + 4)
 
@@ -661,18 +678,16 @@ def _as_runs(kind: str, requests: list[Request]) -> bool:
     return kind == "health" or len(requests) > RUNS_OVER
 
 
-def _http_notes(model: Model, w: _Window) -> list[str]:
+def _http_notes(w: _Window, lanes: list[_Lane]) -> list[str]:
     """Each lane drawn as runs, in words, so a run of a few pixels is still read: 'health:
     refused ×2029 (-102.9 to -0.7 s) → HTTP 200 ×13 (-0.65 to -0.04 s) → ...'."""
-    requests = model.requests_between(w.start, w.end)
     notes = []
-    for kind in sorted({r.kind for r in requests}):
-        of_kind = [r for r in requests if r.kind == kind]
-        if _as_runs(kind, of_kind):
-            words = [_run_words(run, w.zero) for run in _runs(of_kind)]
+    for lane in lanes:
+        if lane.runs is not None:
+            words = [_run_words(run, w.zero) for run in lane.runs]
             if len(words) > 10:
                 words = words[:4] + [f"… {len(words) - 9} more runs …"] + words[-5:]
-            notes.append(f"{kind}: {' → '.join(words)}")
+            notes.append(f"{lane.kind}: {' → '.join(words)}")
     return notes
 
 
