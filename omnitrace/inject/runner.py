@@ -28,7 +28,7 @@ from omnitrace.timeline import TimelineError, read_timeline
 from omnitrace.verify.engine import verify_timeline
 from omnitrace.verify.matrix import BUILTIN, Matrix, Row
 from omnitrace.verify.report import Report
-from omnitrace.verify.rules import FAIL, Evidence
+from omnitrace.verify.rules import INCONCLUSIVE, PASS, Evidence
 
 PHASE_LINE = re.compile(r"^omnitrace-phase: (\S+)")
 STARTUP_TIMEOUT_S = 120.0
@@ -236,18 +236,22 @@ def verify_runs(runs: list[RowRun], matrix: Matrix) -> Report:
 
 
 def residue_left(run: RowRun, scenario) -> None:
-    """A serve/all row must leave nothing of the server: a process still running when the row
-    ended (the driver's clean-up or the runner's sweep had to kill it) fails no-residue, whatever
-    the window could decide (it may have ended before the limit)."""
+    """What the row's clean-up had to kill is told beside no-residue, but never decides it: the
+    window is the law. A leftover outlived the window, not necessarily the limit (a window cut by
+    Ctrl+C, or shorter than child_follow_s), so an undecided verdict stays undecided. A pass that
+    a leftover contradicts becomes inconclusive: the recorded tree missed a process of the row."""
     left = run.outcome.get("leftovers", []) + run.swept
     rule = next((r for r in scenario.rules if r.id == "no-residue"), None)
-    if run.row.target not in ("serve", "all") or not left or rule is None or rule.verdict == FAIL:
+    if run.row.target not in ("serve", "all") or not left or rule is None:
         return
-    rule.summary = (f"{len(left)} process(es) of the server's tree still ran when the row ended "
-                    f"(the window alone said {rule.verdict}: {rule.summary})")
-    rule.verdict = FAIL
-    rule.evidence = [Evidence(f"pid {line} still running at the end of the row; the clean-up "
-                              "killed it") for line in left] + rule.evidence
+    rule.evidence = [Evidence(f"pid {line} still running at the end of the row (after the "
+                              "window); the clean-up killed it") for line in left] + rule.evidence
+    if rule.verdict == PASS:
+        rule.verdict = INCONCLUSIVE
+        rule.summary = (f"the window saw the tree gone, yet {len(left)} process(es) the row "
+                        "started still ran at its end: the recorded tree is incomplete")
+    elif rule.verdict == INCONCLUSIVE:
+        rule.summary += f"; {len(left)} process(es) still ran at the row's end (after the window)"
 
 
 def exit_code(report: Report, runs: list[RowRun], rows: list[Row]) -> int:
