@@ -219,3 +219,26 @@ def test_a_leftover_is_told_but_never_decides_no_residue():
     assert failed.verdict == "fail" and failed.summary == "the window said so"
     kept = judged("inconclusive", row=load_matrix(None).row("no-load/sigkill/worker"))
     assert kept.evidence == []  # a degraded server left running is correct on a worker row
+
+
+def test_a_serve_row_that_left_its_server_running_fails_the_run_whatever_the_verdicts():
+    """The verdict may stay undecided (the window is the law) but CI must not go green while a
+    daemon of the server kept running; a worker row's degraded server running on is correct."""
+    from pathlib import Path
+
+    from omnitrace.inject.runner import RowRun, exit_code
+    from omnitrace.verify.matrix import load_matrix
+    from omnitrace.verify.report import Report, RuleVerdict, ScenarioReport
+
+    def code(row_id: str, leftovers: list[str]) -> int:
+        row = load_matrix(None).row(row_id)
+        rule = RuleVerdict("no-residue", "", "inconclusive", None, 30.0, "s", "undecided", [])
+        scenario = ScenarioReport(row.id, row.id, "marks", 0, 8, 1, "SIGKILL", row.target, [], 1,
+                                  [rule])
+        report = Report(timeline="t", matrix="vllm-omni", scenarios=[scenario], warnings=[])
+        return exit_code(report, [RowRun(row, Path("r.jsonl"), outcome={"leftovers": leftovers})],
+                         [row])
+
+    assert code("no-load/sigkill/serve", ["4242 daemon"]) == 1
+    assert code("no-load/sigkill/serve", []) == 0
+    assert code("no-load/sigkill/worker", ["4243 stage"]) == 0

@@ -219,8 +219,10 @@ def verify_runs(runs: list[RowRun], matrix: Matrix) -> Report:
     for run in runs:
         if run.problem:
             report.warnings.append(f"{run.row.id}: {run.problem}")
+        fails_run = ("; the server's tree must be gone: the run exits 1"
+                     if server_left_behind(run) else "")
         for line in run.outcome.get("leftovers", []) + run.swept:
-            report.warnings.append(f"{run.row.id}: leftover process {line} (killed)")
+            report.warnings.append(f"{run.row.id}: leftover process {line} (killed{fails_run})")
         try:
             timeline = read_timeline(run.timeline, lenient=True)
         except TimelineError as exc:
@@ -242,7 +244,7 @@ def residue_left(run: RowRun, scenario) -> None:
     a leftover contradicts becomes inconclusive: the recorded tree missed a process of the row."""
     left = run.outcome.get("leftovers", []) + run.swept
     rule = next((r for r in scenario.rules if r.id == "no-residue"), None)
-    if run.row.target not in ("serve", "all") or not left or rule is None:
+    if not server_left_behind(run) or rule is None:
         return
     rule.evidence = [Evidence(f"pid {line} still running at the end of the row (after the "
                               "window); the clean-up killed it") for line in left] + rule.evidence
@@ -255,11 +257,21 @@ def residue_left(run: RowRun, scenario) -> None:
 
 
 def exit_code(report: Report, runs: list[RowRun], rows: list[Row]) -> int:
-    """As verify: 1 on any failure; a row that did not run or left no scenario fails too."""
+    """As verify: 1 on any failure; a row that did not run or left no scenario fails too, and so
+    does a serve/all row that left a process of the server running: the window may not decide
+    no-residue from it (residue_left), but a run that left a daemon behind is never green."""
     found = {s.id for s in report.scenarios}
     if any(r.problem for r in runs) or any(r.id not in found for r in rows):
         return 1
+    if any(server_left_behind(r) for r in runs):
+        return 1
     return report.exit_code()
+
+
+def server_left_behind(run: RowRun) -> bool:
+    """A serve/all row's server must be gone; on worker and OOM rows a degraded server running on
+    is correct, and the clean-up stops it."""
+    return run.row.target in ("serve", "all") and bool(run.outcome.get("leftovers", []) + run.swept)
 
 
 def run_matrix(matrix: Matrix, serve: str | None, url: str | None, glob: str | None,
