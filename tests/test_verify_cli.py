@@ -199,3 +199,26 @@ def test_record_writes_the_matrix_and_hands_it_to_the_command(tmp_path):
     entry = read_timeline(out).header["matrix"]
     assert entry["name"] == "mine" and entry["sources"] == ["vllm-omni", str(mine)]
     assert from_header(entry, str(out)).row(RENAMED) is not None
+
+
+@pytest.mark.parametrize("rate, said", [
+    (20.0, "health probed at 20 Hz by the recorder; service-unavailable rest on those probes"),
+    (0, "health not probed (--health-rate 0); service-unavailable rest on the requests alone"),
+    (None, "health probe rate not recorded in the timeline; service-unavailable rest on HTTP")])
+def test_the_report_says_how_health_was_watched_and_which_verdicts_rest_on_it(tmp_path, rate,
+                                                                               said):
+    """The prober can change the server it watches (issue 12, class 8): the table, the JSON and
+    the HTML report say its rate and the rules resting on HTTP; the kernel rules are not named."""
+    from omnitrace.export.html import render_report
+    timeline = sigkill_serve(server()).timeline()
+    if rate is not None:
+        timeline.header["health_rate_hz"] = rate
+    path = tmp_path / "run.jsonl"
+    write_timeline(path, timeline.header, timeline.events, {"t": timeline.t_end})
+    result = run(str(path), "--json", str(tmp_path / "r.json"))
+    assert said in result.output, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["health_rate_hz"] == rate and report["http_rules"] == ["service-unavailable"]
+    page = render_report(read_timeline(path), report)
+    watched = {20.0: "20 Hz", 0: "off (--health-rate 0)", None: "not recorded"}[rate]
+    assert f"<dd>{watched}; resting on HTTP: service-unavailable</dd>" in page

@@ -97,6 +97,7 @@ def render_report(timeline: Timeline, report: dict[str, Any] | None = None,
              ("events", str(len(timeline.events)))]
     if report and report.get("matrix"):
         facts.append(("matrix", report["matrix"]))
+    facts.append(("health probes", _probe_fact(header, report)))
     warnings = list(timeline.warnings)
     lost = sum(count for _, _, _, count, _ in model.lost)
     if lost:
@@ -107,6 +108,15 @@ def render_report(timeline: Timeline, report: dict[str, Any] | None = None,
         warnings="".join(f'<p class="warn">{_e(w)}</p>' for w in warnings),
         verdicts=_verdict_table(report), sections="\n".join(sections),
         count=len(windows))
+
+
+def _probe_fact(header: dict[str, Any], report: dict[str, Any] | None) -> str:
+    """The prober's rate and the verdicts that rest on HTTP: the observer can change the observed."""
+    rate = header.get("health_rate_hz")
+    watched = ("not recorded" if not isinstance(rate, (int, float)) else
+               "off (--health-rate 0)" if rate == 0 else f"{rate:g} Hz")
+    rules = (report or {}).get("http_rules") or []
+    return watched + (f"; resting on HTTP: {', '.join(rules)}" if rules else "")
 
 
 def _e(value: Any) -> str:

@@ -231,6 +231,7 @@ def verify_runs(runs: list[RowRun], matrix: Matrix) -> Report:
         row_report = verify_timeline(timeline, matrix, scenario_glob=run.row.id)
         if not row_report.scenarios:
             report.warnings.append(f"{run.row.id}: verify found no scenario in {run.timeline}")
+        report.health_rate_hz = row_report.health_rate_hz   # one --health-rate for every row
         for scenario in row_report.scenarios:
             residue_left(run, scenario)
         report.scenarios.extend(row_report.scenarios)

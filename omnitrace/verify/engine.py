@@ -34,7 +34,9 @@ def verify_timeline(timeline: Timeline, matrix: Matrix, scenario_glob: str | Non
     if not scenarios:
         warnings.append("no scenario found: no marks, and no fatal signal or OOM hog hit a server")
     reports = [_check_scenario(model, matrix, s) for s in scenarios]
-    return Report(timeline.path, matrix.name, reports, warnings, t0=model.t0)
+    rate = timeline.header.get("health_rate_hz")
+    return Report(timeline.path, matrix.name, reports, warnings, t0=model.t0,
+                  health_rate_hz=float(rate) if isinstance(rate, (int, float)) else None)
 
 
 def _check_scenario(model: Model, matrix: Matrix, scenario: Scenario) -> ScenarioReport:

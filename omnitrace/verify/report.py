@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from omnitrace.verify.rules import http_rules
 from omnitrace.verify.rules.base import FAIL, INCONCLUSIVE, PASS, Evidence
 
 REPORT_FORMAT = "omnitrace-verify"
@@ -49,6 +50,23 @@ class Report:
     scenarios: list[ScenarioReport]
     warnings: list[str] = field(default_factory=list)
     t0: int = 0
+    health_rate_hz: float | None = None   # the recorder's prober (header); None: not recorded
+
+    def http_rules(self) -> list[str]:
+        return http_rules(r.id for s in self.scenarios for r in s.rules)
+
+    def observer_note(self) -> str | None:
+        """How health was watched and which verdicts rest on it: the prober is an observer that
+        can change what it observes (docs/recorder.md), so a reader must know."""
+        rules = ", ".join(self.http_rules())
+        if not rules:
+            return None
+        if self.health_rate_hz is None:
+            return f"health probe rate not recorded in the timeline; {rules} rest on HTTP evidence"
+        if self.health_rate_hz == 0:
+            return (f"health not probed (--health-rate 0); {rules} rest on the requests alone")
+        return (f"health probed at {self.health_rate_hz:g} Hz by the recorder; {rules} rest on "
+                "those probes and the requests")
 
     def counts(self) -> dict[str, int]:
         counts = {PASS: 0, FAIL: 0, INCONCLUSIVE: 0}
@@ -73,6 +91,8 @@ class Report:
             "timeline": self.timeline,
             "matrix": self.matrix,
             "summary": self.counts(),
+            "health_rate_hz": self.health_rate_hz,
+            "http_rules": self.http_rules(),
             "warnings": list(self.warnings),
             "scenarios": [_scenario_dict(s, self.t0) for s in self.scenarios],
         }

@@ -46,6 +46,8 @@ def render(report: Report, verbose: bool = False) -> str:
     if details:
         lines += ["", *details]
     counts = report.counts()
+    if report.observer_note():
+        lines += ["", report.observer_note()]
     lines += ["", f"{counts[PASS]} passed, {counts[FAIL]} failed, {counts[INCONCLUSIVE]} "
                   f"inconclusive in {len(report.scenarios)} scenario(s)"]
     return "\n".join(lines)
