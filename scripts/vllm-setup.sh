@@ -29,7 +29,13 @@ check_machine() {
   local avail_kb
   avail_kb=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)
   # The served tree takes ~2.9 GB RSS (1 GiB of it KV cache); below 4 GiB free it is OOM-killed.
-  [ "$avail_kb" -ge $((4 * 1024 * 1024)) ] || die "only $((avail_kb / 1024)) MiB of memory available; vLLM on CPU needs 4 GiB"
+  # Memory is a run-time need: on a busy machine with the engine installed already it is a warning,
+  # not a reason to stop `make test` before any test ran.
+  if [ "$avail_kb" -lt $((4 * 1024 * 1024)) ]; then
+    local short="only $((avail_kb / 1024)) MiB of memory available; vLLM on CPU needs 4 GiB"
+    [ -f "$STAMP" ] || die "$short"
+    log "warning: $short to serve (installed already; a served engine may be OOM-killed)"
+  fi
   local free_kb
   free_kb=$(df -Pk . | awk 'NR == 2 {print $4}')
   [ "$free_kb" -ge $((6 * 1024 * 1024)) ] || [ -f "$STAMP" ] \
