@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import os
 
-import psutil
 import pytest
 
 from omnitrace.inject import marks, oom
@@ -113,12 +112,8 @@ class RunningServer:
         return sorted(self._server.seen)
 
     def alive(self) -> list[int]:
-        return [p.pid for p in self.running_members()]
-
-    def running_members(self) -> list[psutil.Process]:
-        """Every member of the tree seen so far that still runs, below the root or not."""
         self._server.remember_tree()
-        return self._server.alive()
+        return [p.pid for p in self._server.alive()]
 
     def wait_gone(self, timeout_s: float) -> bool:
         """True once every process ever seen in the tree has exited (zombies count as gone)."""
@@ -228,8 +223,7 @@ class Injector:
         """Signal `target` (worker, serve, all, a pid or a pattern) in the server's tree."""
         self.server.faulted = True
         return inject_signal(self.server.pid, target, sig, scenario=self.server.row,
-                             server_url=self.server.url, patterns=self.patterns,
-                             adopted=self.server.running_members())
+                             server_url=self.server.url, patterns=self.patterns)
 
     def oom(self, ratio: float = oom.DEFAULT_RATIO, hold_s: float = 300.0, strict: bool = False):
         """Start the GPU memory hog (every device) and wait for READY; stopped at teardown."""

@@ -251,20 +251,3 @@ def test_worker_target_is_the_worker_not_the_engine_core_before_it():
     stages = [_Titled(200, "serve"), _Titled(201, "VLLM::StageEngineCoreProc_thinker"),
               _Titled(202, "VLLM::StageEngineCoreProc_talker")]
     assert [p.pid for p in select(stages, "worker")] == [201]
-
-
-def test_all_reaches_an_adopted_member_that_left_the_root_s_tree(server, tmp_path):
-    """A double-forked daemon of the server is no longer below its root; the driver, which saw it
-    forked, passes it as adopted and "kill all" signals it after the root's own tree."""
-    proc, tree, tmp = server
-    daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
-                              start_new_session=True)   # stands for the detached daemon
-    try:
-        adopted = [psutil.Process(daemon.pid), tree[0]]   # the root listed again: no double signal
-        fault = inject_signal(proc.pid, "all", "KILL", gap_s=0.01, adopted=adopted)
-        assert fault.pids[0] == proc.pid and fault.pids[-1] == daemon.pid
-        assert fault.pids.count(proc.pid) == 1
-        assert daemon.wait(timeout=10) == -signal.SIGKILL
-    finally:
-        daemon.kill()
-        daemon.wait()

@@ -199,11 +199,8 @@ class Driver:
         if p.fault == "oom":
             self.start_hog()
             return
-        # The tree the driver saw the server fork, not only what is below its root now: "all"
-        # must reach a daemon that double-forked away (issue 12: the tree is what was forked).
         fault = inject_signal(self.outcome.server_pid, p.target, p.fault, scenario=p.row,
-                              server_url=p.url, patterns=self.patterns,
-                              adopted=self.server.alive())
+                              server_url=p.url, patterns=self.patterns)
         self.outcome.fault_pids = fault.pids
         self.check_in_flight(fault.t_start_ns / 1e9)   # the first signal's time
 

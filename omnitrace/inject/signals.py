@@ -1,8 +1,6 @@
 """Signals by role in a server's process tree, the way the upstream suite sends them.
 
-The tree is `[root] + root.children(recursive=True)` captured at injection time, plus the
-members a caller knows left it (`adopted`: a double-forked daemon, one re-parented to a subreaper;
-the scenario driver remembers every process the server ever forked). Roles:
+The tree is `[root] + root.children(recursive=True)` captured at injection time. Roles:
   serve   the root (the API server)
   worker  the first process in the tree whose name + cmdline matches the matrix's worker
           patterns and no engine pattern; else the first engine (never a helper)
@@ -50,25 +48,15 @@ def describe(proc: psutil.Process) -> str:
         return ""
 
 
-def server_tree(server: int, adopted=()) -> list[psutil.Process]:
-    """Root first, then descendants in psutil's (breadth-first) order, then the adopted members
-    no longer below the root that still run."""
+def server_tree(server: int) -> list[psutil.Process]:
+    """Root first, then descendants in psutil's (breadth-first) order."""
     _refuse_forbidden(server, what="--server")
     try:
         root = psutil.Process(server)
-        tree = [root] + root.children(recursive=True)
+        return [root] + root.children(recursive=True)
     except psutil.NoSuchProcess:
         raise InjectionRefused(f"--server {server}: no such process; pass the pid of the "
                                f"running server's root process") from None
-    below = {p.pid for p in tree}
-    return tree + [p for p in adopted if p.pid not in below and _running(p)]
-
-
-def _running(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def select(tree: list[psutil.Process], target: str,
@@ -118,15 +106,14 @@ def _own_ancestors() -> set[int]:
 
 def inject_signal(server: int, target: str, sig: str | int, gap_s: float = ALL_GAP_S,
                   scenario: str | None = None, server_url: str | None = None,
-                  patterns: RolePatterns = PATTERNS, adopted=()) -> SignalFault:
+                  patterns: RolePatterns = PATTERNS) -> SignalFault:
     """Signal the chosen processes inside a fault mark (span) that names them. `patterns`: the
-    matrix's role patterns, which verify reads too; `adopted`: members of the server's tree that
-    are no longer below its root (see the module's docstring), so "all" reaches them too."""
+    matrix's role patterns, which verify reads too."""
     try:
         number = signal_number(sig)
     except ValueError:
         raise InjectionRefused(f"--signal {sig}: unknown signal; use KILL, TERM or INT") from None
-    tree = server_tree(server, adopted)
+    tree = server_tree(server)
     chosen = select(tree, target, patterns)
     fault = SignalFault(server=server, target=target, signal=number)
     context = marks.context_from_env()
