@@ -1,6 +1,7 @@
 """Build a tiny random-weight Llama that vLLM's CPU build serves, with no hub access.
 
     python scripts/make_tiny_model.py OUT_DIR
+    python scripts/make_tiny_model.py --check OUT_DIR   # exit 0 when OUT_DIR is built to SPEC
 
 A fault test needs a real engine process tree, not sensible text: the weights are random and the
 tokenizer is a byte-level BPE trained in a second on generated words. The shape is the smallest the
@@ -16,6 +17,12 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
+# The context is long enough for streams that stay open for seconds on a busy 2-core machine
+# (examples/vllm-cpu/matrix.yaml asks 1,800 tokens past EOS): at 512 tokens a 400-token stream ended
+# 2 s after it opened, and on CI its first byte arrived so late that the fault landed as it ended.
+CONTEXT = 2048
+# Written to OUT_DIR/.complete: a model built to another spec is rebuilt by the next `make vllm`.
+SPEC = f"random-weight tiny llama, context {CONTEXT}; built by scripts/make_tiny_model.py"
 SPECIALS = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
 
 
@@ -40,7 +47,7 @@ def build_tokenizer(vocab_size):
     tok.train_from_iterator(training_text(), trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
                                    eos_token="</s>", pad_token="</s>", chat_template=CHAT_TEMPLATE,
-                                   model_max_length=512)
+                                   model_max_length=CONTEXT)
 
 
 def build_model(tokenizer):
@@ -50,22 +57,30 @@ def build_model(tokenizer):
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                         head_dim=32, max_position_embeddings=512, torch_dtype="bfloat16",
+                         head_dim=32, max_position_embeddings=CONTEXT, torch_dtype="bfloat16",
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
     return LlamaForCausalLM(config).to(torch.bfloat16)
 
 
+def is_current(out: Path) -> bool:
+    """Whether OUT holds a finished model of this script's SPEC (an older one is rebuilt)."""
+    marker = out / ".complete"
+    return marker.exists() and marker.read_text().strip() == SPEC
+
+
 def main(argv):
+    if len(argv) == 3 and argv[1] == "--check":
+        return 0 if is_current(Path(argv[2])) else 1
     if len(argv) != 2:
-        print("usage: make_tiny_model.py OUT_DIR", file=sys.stderr)
+        print("usage: make_tiny_model.py OUT_DIR | --check OUT_DIR", file=sys.stderr)
         return 2
     out = Path(argv[1])
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(vocab_size=1024)
     tokenizer.save_pretrained(out)
     build_model(tokenizer).save_pretrained(out)
-    (out / ".complete").write_text("random weights; built by scripts/make_tiny_model.py\n")
+    (out / ".complete").write_text(SPEC + "\n")
     print(f"model written to {out}")
     return 0
 

@@ -17,4 +17,4 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU
   VLLM_CPU_OMP_THREADS_BIND=${VLLM_CPU_OMP_THREADS_BIND:-auto} VLLM_HOST_IP=127.0.0.1 \
   VLLM_LOOPBACK_IP=127.0.0.1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 exec "$venv/bin/vllm" serve "$model" --host 127.0.0.1 --port "$port" --served-model-name tiny \
-  --max-model-len 512 --max-num-seqs 4 --dtype bfloat16 --enforce-eager "$@"
+  --max-model-len 2048 --max-num-seqs 4 --dtype bfloat16 --enforce-eager "$@"

@@ -81,7 +81,7 @@ if [ -f "$STAMP" ]; then
 else
   install_engine
 fi
-if [ ! -f "$MODEL_DIR/.complete" ]; then
+if ! "$VENV/bin/python" scripts/make_tiny_model.py --check "$MODEL_DIR"; then
   log "building the tiny random-weight model in $MODEL_DIR"
   rm -rf "$MODEL_DIR"
   "$VENV/bin/python" scripts/make_tiny_model.py "$MODEL_DIR" || die "could not build the model (see above)"
