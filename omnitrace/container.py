@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 
 from omnitrace.errors import OmnitraceError
@@ -34,7 +35,8 @@ class Container:
     ports: dict[int, int] = field(default_factory=dict)   # container port -> host port (tcp)
 
     def describe(self) -> str:
-        return f"{self.runtime} container {self.name} ({self.id[:12]}, init host pid {self.init_pid})"
+        return (f"{self.runtime} container {self.name} ({self.id[:12]}, "
+                f"init host pid {self.init_pid})")
 
 
 def runtime_of(argv: list[str]) -> str | None:
@@ -155,11 +157,16 @@ def exists(ref: str, runtime: str) -> bool:
 
 def remove(ref: str, runtime: str) -> bool:
     """`RUNTIME rm -f REF`: stops (SIGKILL) and removes the container. True when there was one to
-    remove. Used by every clean-up, so a container outlives no row, whatever killed its client."""
-    if not exists(ref, runtime):
-        return False
-    subprocess.run([shutil.which(runtime), "rm", "-f", ref], capture_output=True,
-                   timeout=REMOVE_TIMEOUT_S)
+    remove. Used by every clean-up, so a container outlives no row, whatever killed its client;
+    a runtime that hangs is told on stderr, never raised: clean-up must go on."""
+    try:
+        if not exists(ref, runtime):
+            return False
+        subprocess.run([shutil.which(runtime), "rm", "-f", ref], capture_output=True,
+                       timeout=REMOVE_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        print(f"omnitrace: warning: `{' '.join(exc.cmd)}` did not finish within "
+              f"{exc.timeout:.0f} s; container {ref} may be left", file=sys.stderr, flush=True)
     return True
 
 

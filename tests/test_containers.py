@@ -221,7 +221,8 @@ def test_ctrl_c_of_the_runner_leaves_no_container_and_no_process(run_args, tmp_p
     serve = serve_command(run_args, "omnitrace-ctrlc-{port}", [*TESTBED, "--port", "{port}"])
     runner = subprocess.Popen([sys.executable, "-m", "omnitrace.cli", "matrix", "run", "--out",
                                str(out), "--serve", serve, "--scenarios", "no-load/sigterm/serve"],
-                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=_default_sigint)
     cidfile = out / "no-load_sigterm_serve.cid"
     try:
         cid = wait_for(lambda: cidfile.exists() and cidfile.read_text().strip(), timeout=120,
@@ -235,6 +236,12 @@ def test_ctrl_c_of_the_runner_leaves_no_container_and_no_process(run_args, tmp_p
     assert runner.returncode != 0
     assert not container_exists(cid)
     assert nothing_left_of(cid, _port_of(out)) == []
+
+
+def _default_sigint() -> None:
+    """As a terminal starts it: a suite run in the background (`make test &`) inherits SIGINT
+    ignored, and Python then never turns it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _port_of(out: Path) -> int:

@@ -38,7 +38,7 @@ class ContainerServe:
         own = cidfile is None
         path = cidfile or os.path.join(tempfile.gettempdir(), f"omnitrace-{os.getpid()}.cid")
         if os.path.exists(path):
-            os.unlink(path)   # the runtime refuses to overwrite one: a stale file is from a past run
+            os.unlink(path)   # a stale file from a past run: the runtime refuses to overwrite it
         argv, path = with_cidfile(argv, path)
         return cls(runtime, argv, path, own)
 
@@ -55,9 +55,13 @@ class ContainerServe:
                 except ContainerError:
                     pass   # created, not yet started
             time.sleep(0.1)
+        if self.container is None and client.poll() is not None:
+            raise ContainerError(f"--serve: `{self.runtime} run` exited with status "
+                                 f"{client.returncode} before its container ran (its output "
+                                 "is in the row's log)")
         if self.container is None:
             raise ContainerError(f"--serve: the {self.runtime} container did not start within "
-                                 f"{timeout_s:.0f} s (client status {client.poll()})")
+                                 f"{timeout_s:.0f} s")
         self._check_port(url)
         self._say_if_outside()
         return self.container

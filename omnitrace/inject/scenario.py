@@ -77,8 +77,8 @@ class Outcome:
     load: dict[str, int] = field(default_factory=dict)        # end reason -> count
     probes: list[str] = field(default_factory=list)
     absent_endpoints: dict[str, int] = field(default_factory=dict)  # kind -> status before the fault
-    container: dict = field(default_factory=dict)  # a container serve: runtime, id, name, init_pid
-    dropped: dict[int, str] = field(default_factory=dict)  # pid -> why the kernel ignored the signal
+    container: dict = field(default_factory=dict)  # a container serve: runtime, id, name, init...
+    dropped: dict[int, str] = field(default_factory=dict)  # pid -> why the kernel drops the signal
     error: str | None = None
 
 

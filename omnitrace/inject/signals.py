@@ -110,7 +110,8 @@ def _own_ancestors() -> set[int]:
 def kernel_ignores(pid: int, number: int) -> str | None:
     """Why the kernel will drop `number` sent to `pid` from here, or None when it delivers it:
     the process set it to SIG_IGN, or it is pid 1 of a pid namespace (a container's init) with
-    no handler, which the kernel shields from every signal but SIGKILL and SIGSTOP (pid_namespaces(7)).
+    no handler, which the kernel shields from every signal but SIGKILL and SIGSTOP
+    (pid_namespaces(7)).
     The second is what users hit: `docker stop` to a server run as pid 1 without a SIGTERM
     handler waits its whole timeout, then kills."""
     masks = _signal_masks(pid)
