@@ -112,8 +112,9 @@ def inspect(ref: str, runtime: str | None = None, option: str = "--container") -
         raise ContainerError(f"{option} {ref}: {runtime} inspect did not answer within "
                              f"{INSPECT_TIMEOUT_S:.0f} s") from None
     if done.returncode != 0:
-        why = (done.stderr.strip().splitlines() or ["no such container"])[-1]
-        raise ContainerError(f"{option} {ref}: {runtime} knows no such container ({why})")
+        # its own last line says which: no such container, or no daemon to ask (docker)
+        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise ContainerError(f"{option} {ref}: `{runtime} inspect` failed: {why}")
     return _parse(runtime, json.loads(done.stdout)[0])
 
 

@@ -157,6 +157,21 @@ def test_evidence_names_the_host_and_the_namespace_pid(seed_run):
     assert evidence_names_both(text, outcome["server_pid"], 1), text
 
 
+def test_a_container_that_does_not_publish_the_port_stops_its_row_with_one_line(run_args,
+                                                                               tmp_path):
+    other = free_port()
+    serve = serve_command(run_args, "omnitrace-port-{port}", [*TESTBED, "--port", "{port}"])
+    serve = serve.replace("'{port}:{port}'", f"{other}:{{port}}")
+    cli, report = matrix_run(tmp_path / "run", "--serve", serve, "--scenarios",
+                             "no-load/sigkill/serve", env=ENV, timeout=300)
+    assert cli.returncode == 1
+    [warning] = [w for w in report["warnings"] if "publishes" in w]
+    assert f"--serve: the container publishes host port(s) {other}, not " in warning
+    assert "Traceback" not in (tmp_path / "run" / "no-load_sigkill_serve.log").read_text()
+    cid = (tmp_path / "run" / "no-load_sigkill_serve.cid").read_text().strip()
+    assert cid and not container_exists(cid)
+
+
 # --- a container started outside any omnitrace command ----------------------------------------
 
 @pytest.fixture
