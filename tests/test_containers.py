@@ -168,8 +168,9 @@ def test_a_container_that_does_not_publish_the_port_stops_its_row_with_one_line(
     [warning] = [w for w in report["warnings"] if "publishes" in w]
     assert f"--serve: the container publishes host port(s) {other}, not " in warning
     assert "Traceback" not in (tmp_path / "run" / "no-load_sigkill_serve.log").read_text()
+    outcome = json.loads((tmp_path / "run" / "no-load_sigkill_serve.outcome.json").read_text())
     cid = (tmp_path / "run" / "no-load_sigkill_serve.cid").read_text().strip()
-    assert cid and not container_exists(cid)
+    assert outcome["container"]["id"] == cid and not container_exists(cid)
 
 
 # --- a container started outside any omnitrace command ----------------------------------------

@@ -93,6 +93,12 @@ class ContainerServe:
         return {} if c is None else {"runtime": c.runtime, "id": c.id, "name": c.name,
                                      "init_pid": c.init_pid, "ports": c.ports}
 
+    def label(self) -> str:
+        """The container's name, else its short id (created, never seen running)."""
+        if self.container is not None:
+            return self.container.name
+        return (read_cidfile(self.cidfile) or "(not created)")[:12]
+
     def remove(self) -> bool:
         """Remove the container if anything of it is left (after the client was stopped)."""
         cid = read_cidfile(self.cidfile) or (self.container and self.container.id)

@@ -125,8 +125,7 @@ class Driver:
             self.phase("starting")
             pid = self.server.start(child_env(OMNITRACE_SCENARIO=p.row, OMNITRACE_SERVER_URL=p.url))
             if self.container is not None:   # the server's root is the container's init
-                pid = self.container.attach(self.server.proc, p.url, p.startup_timeout_s).init_pid
-                self.outcome.container = self.container.details()
+                pid = self.attach_container()
             self.outcome.server_pid = pid
             scenario.set_attribute("omnitrace.server.pid", pid)
             self.server.wait_healthy(p.startup_timeout_s)
@@ -149,6 +148,15 @@ class Driver:
             self.cleanup()
             self.phase("done")
         return self.outcome
+
+    def attach_container(self) -> int:
+        """The container's init, by host pid; its details go to the outcome even when the
+        container is refused (a port it does not publish), so the outcome names it."""
+        try:
+            return self.container.attach(self.server.proc, self.plan.url,
+                                         self.plan.startup_timeout_s).init_pid
+        finally:
+            self.outcome.container = self.container.details()
 
     def kinds_used(self) -> tuple[str, ...]:
         p = self.plan
@@ -355,7 +363,7 @@ class Driver:
         self.outcome.leftovers = before or killed
         if self.container is not None and self.container.remove():
             print(f"omnitrace: removed {self.container.runtime} container "
-                  f"{self.outcome.container.get('name', '?')}", file=sys.stderr, flush=True)
+                  f"{self.container.label()}", file=sys.stderr, flush=True)
         for line in self.outcome.leftovers:
             print(f"omnitrace: leftover process {line} (killed)", file=sys.stderr, flush=True)
 
