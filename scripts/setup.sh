@@ -56,6 +56,7 @@ container_part() {
   command -v iptables >/dev/null || need+=(iptables)   # netavark's port mapping
   if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
+    apt-get update -qq   # a machine with the rest installed may have no package lists left
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   fi
   local nofile nproc conf=/etc/containers/containers.conf.d/50-omnitrace.conf
