@@ -5,6 +5,11 @@
 #     linked in as a stand-in: omnitrace's BPF programs read only tracepoint arguments and helpers,
 #     never kernel struct layouts, so a different header version compiles them correctly.
 #   - tracefs mounted at /sys/kernel/tracing.
+#   - podman (with runc, netavark) for the container tests, configured by scripts/containers.conf,
+#     and the local image scripts/container-image.sh builds. podman, not docker.io: podman is
+#     daemonless, so a container's conmon, runtime and processes are forked by the command that
+#     runs it, and the recorder, which follows that command's tree, sees them; docker.io needs
+#     dockerd, whose containers descend from the daemon (docs/containers.md).
 #   - Python: a virtualenv at .venv with omnitrace (editable) and its dependencies; bcc is linked
 #     into it from Debian's dist-packages (PyPI's "bcc" is an unrelated project).
 # Without root it skips the system part and says so; the venv is still made.
@@ -40,6 +45,27 @@ system_part() {
     ln -sfn "$common" "$kdir/source"
   fi
   mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing || log "could not mount tracefs"
+  container_part
+}
+
+container_part() {
+  local need=()
+  command -v podman >/dev/null || need+=(podman)
+  command -v runc >/dev/null || need+=(runc)
+  command -v netavark >/dev/null || [ -x /usr/lib/podman/netavark ] || need+=(netavark aardvark-dns)
+  command -v iptables >/dev/null || need+=(iptables)   # netavark's port mapping
+  if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]}"
+    apt-get update -qq   # a machine with the rest installed may have no package lists left
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+  local nofile nproc conf=/etc/containers/containers.conf.d/50-omnitrace.conf
+  nofile=$(ulimit -Hn); [ "$nofile" = unlimited ] || [ "$nofile" -gt 1048576 ] && nofile=1048576
+  nproc=$(ulimit -Hu); [ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ] && nproc=32768
+  mkdir -p "$(dirname "$conf")"
+  sed -e "s/@NOFILE@/$nofile/g" -e "s/@NPROC@/$nproc/g" scripts/containers.conf > "$conf.new"
+  mv "$conf.new" "$conf"
+  scripts/container-image.sh
 }
 
 venv_part() {

@@ -16,7 +16,12 @@ def inject() -> None:
 
 
 @inject.command("signal")
-@click.option("--server", "server", type=int, required=True, help="pid of the server's root process")
+@click.option("--server", "server", type=int, default=None,
+              help="pid of the server's root process (or give --container)")
+@click.option("--container", "container", metavar="NAME|ID", default=None,
+              help="a running container: its init is the server's root, by host pid")
+@click.option("--runtime", type=click.Choice(["podman", "docker"]), default=None,
+              help="the container's runtime  [default: podman if installed, else docker]")
 @click.option("--target", default="worker", show_default=True,
               help="worker, serve, all, a pid in the tree, or text matched against name + cmdline")
 @click.option("--signal", "sig", default="TERM", show_default=True, help="KILL, TERM or INT")
@@ -24,15 +29,32 @@ def inject() -> None:
 @click.option("--matrix", "matrix_file", metavar="FILE", default=None,
               help="the matrix whose role patterns say which process is a worker (give verify "
                    "the same file)  [default: the built-in vllm-omni matrix]")
-def signal_cmd(server: int, target: str, sig: str, scenario: str | None,
-               matrix_file: str | None) -> None:
+def signal_cmd(server: int | None, container: str | None, runtime: str | None, target: str,
+               sig: str, scenario: str | None, matrix_file: str | None) -> None:
     """Signal processes of a server's tree by role, inside a fault mark."""
     from omnitrace.inject.roles import matrix_patterns
     from omnitrace.inject.signals import inject_signal
+    server = _server_root(server, container, runtime)
     fault = inject_signal(server, target, sig, scenario=scenario,
                           patterns=matrix_patterns(matrix_file))
     click.echo(f"sent {signal_name(fault.signal)} to {', '.join(map(str, fault.pids)) or 'nothing'}"
                + (f" (already gone: {', '.join(map(str, fault.missed))})" if fault.missed else ""))
+    for why in fault.dropped.values():
+        click.echo(f"warning: {why}", err=True)
+
+
+def _server_root(server: int | None, container: str | None, runtime: str | None) -> int:
+    """The tree's root: --server's pid, or the host pid of --container's init (its tree is then
+    the only one signalled: everything outside the container is refused like any pid outside
+    the server's tree)."""
+    if (server is None) == (container is None):
+        raise click.UsageError("give exactly one of --server PID and --container NAME|ID")
+    if server is not None:
+        return server
+    from omnitrace.container import default_runtime, running_init
+    found = running_init(container, runtime or default_runtime())
+    click.echo(f"{found.describe()}", err=True)
+    return found.init_pid
 
 
 def _devices(text: str) -> list[int]:

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import psutil
 
+from omnitrace.container import read_cidfile, remove, runtime_of
 from omnitrace.errors import OmnitraceError
-from omnitrace.inject.server import become_subreaper, free_port
+from omnitrace.inject.server import become_subreaper, expand, free_port
 from omnitrace.timeline import TimelineError, read_timeline
 from omnitrace.verify.engine import verify_timeline
 from omnitrace.verify.matrix import BUILTIN, Matrix, Row
@@ -97,7 +98,8 @@ def load_args(settings: dict) -> list[str]:
 def scenario_command(row: Row, serve: str, port: int, url: str, outcome: Path,
                      record_args: list[str], timeline: Path,
                      load_settings: dict | None = None, matrix_file: str | None = None,
-                     startup_timeout_s: float = STARTUP_TIMEOUT_S) -> list[str]:
+                     startup_timeout_s: float = STARTUP_TIMEOUT_S,
+                     cidfile: Path | None = None) -> list[str]:
     target = row.pattern if row.target == "pattern" and row.pattern else row.target
     driver = [sys.executable, "-m", "omnitrace.inject.scenario", row.id, "--fault", row.fault,
               "--target", target, "--observe", str(row.observe_s), "--serve", serve,
@@ -106,6 +108,8 @@ def scenario_command(row: Row, serve: str, port: int, url: str, outcome: Path,
     if row.load:
         driver.append("--load")
     driver += load_args(load_settings or {})
+    if cidfile is not None:  # a container serve: its id lands where the runner can find it
+        driver += ["--cidfile", str(cidfile)]
     if matrix_file:  # the driver picks "worker" by the same matrix's patterns as verify
         driver += ["--matrix", matrix_file]
     if "stop-accepting" in row.rules:  # that rule needs a request after its grace period
@@ -125,8 +129,10 @@ def run_row(row: Row, index: int, serve: str, url_template: str, out: Path, prog
     slug = row.id.replace("/", "_")
     run = RowRun(row, out / f"{slug}.jsonl")
     outcome_path = out / f"{slug}.outcome.json"
+    runtime = runtime_of(expand(serve, port))
+    cidfile = out / f"{slug}.cid" if runtime else None
     argv = scenario_command(row, serve, port, url, outcome_path, record_args, run.timeline,
-                            load_settings, matrix_file, startup_timeout_s)
+                            load_settings, matrix_file, startup_timeout_s, cidfile)
     t0 = time.monotonic()
     bound = startup_timeout_s + row.observe_s + ROW_SLACK_S
     log = open(out / f"{slug}.log", "w")
@@ -153,7 +159,7 @@ def run_row(row: Row, index: int, serve: str, url_template: str, out: Path, prog
         proc.wait()
         reader.join(5)
         log.close()
-        run.swept = _sweep(seen)
+        run.swept = _sweep(seen) + _remove_container(cidfile, runtime)
         run.elapsed_s = time.monotonic() - t0
         run.returncode = proc.returncode
         progress.show(index, row.id, "interrupted" if run.problem == "interrupted" else "done",
@@ -210,6 +216,15 @@ def _sweep(seen: dict[int, psutil.Process]) -> list[str]:
             pass
     psutil.wait_procs(list(seen.values()), timeout=5)
     return left
+
+
+def _remove_container(cidfile: Path | None, runtime: str | None) -> list[str]:
+    """The row's container, if it outlived the driver's clean-up (a driver killed after Ctrl+C, a
+    client SIGKILLed by the sweep before it could remove it): removed, and told as a leftover."""
+    cid = read_cidfile(str(cidfile)) if cidfile else None
+    if cid and remove(cid, runtime):
+        return [f"container {cid[:12]}"]
+    return []
 
 
 def verify_runs(runs: list[RowRun], matrix: Matrix) -> Report:

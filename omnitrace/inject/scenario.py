@@ -26,6 +26,7 @@ from opentelemetry.trace import Status, StatusCode
 from omnitrace.errors import OmnitraceError
 from omnitrace.events import signal_name
 from omnitrace.inject import marks, oom, probes
+from omnitrace.inject.container_serve import ContainerServe
 from omnitrace.inject.gpu_holders import gpu_held_by, open_gpu_backend
 from omnitrace.inject.load import (Load, RequestShape, discover_model, kinds_of, request_spec,
                                    summary_table)
@@ -62,6 +63,7 @@ class Plan:
     in_flight_timeout_s: float = 30.0
     matrix: str | None = None             # whose role patterns pick "worker" (verify reads them too)
     unavailable_hold_s: float = 0.0       # a worker row watches "unavailable" this long before settling
+    cidfile: str | None = None            # a container serve writes its id here (the runner's)
 
 
 @dataclass
@@ -75,6 +77,8 @@ class Outcome:
     load: dict[str, int] = field(default_factory=dict)        # end reason -> count
     probes: list[str] = field(default_factory=list)
     absent_endpoints: dict[str, int] = field(default_factory=dict)  # kind -> status before the fault
+    container: dict = field(default_factory=dict)  # a container serve: runtime, id, name, init...
+    dropped: dict[int, str] = field(default_factory=dict)  # pid -> why the kernel drops the signal
     error: str | None = None
 
 
@@ -86,8 +90,11 @@ class Driver:
     def __init__(self, plan: Plan):
         self.plan, self.t0 = plan, time.monotonic()
         self.outcome = Outcome(plan.row)
+        argv = expand(plan.serve, plan.port)
+        self.container = ContainerServe.of(argv, plan.cidfile)   # None unless it runs a container
         # subtree_is_server: everything the server forks stays below this subreaper (server.py)
-        self.server = Server(expand(plan.serve, plan.port), plan.url, subtree_is_server=True)
+        self.server = Server(self.container.argv if self.container else argv, plan.url,
+                             subtree_is_server=True)
         self.load: Load | None = None
         self.load_thread: threading.Thread | None = None
         self.hog: subprocess.Popen | None = None
@@ -117,6 +124,8 @@ class Driver:
         try:
             self.phase("starting")
             pid = self.server.start(child_env(OMNITRACE_SCENARIO=p.row, OMNITRACE_SERVER_URL=p.url))
+            if self.container is not None:   # the server's root is the container's init
+                pid = self.attach_container()
             self.outcome.server_pid = pid
             scenario.set_attribute("omnitrace.server.pid", pid)
             self.server.wait_healthy(p.startup_timeout_s)
@@ -139,6 +148,15 @@ class Driver:
             self.cleanup()
             self.phase("done")
         return self.outcome
+
+    def attach_container(self) -> int:
+        """The container's init, by host pid; its details go to the outcome even when the
+        container is refused (a port it does not publish), so the outcome names it."""
+        try:
+            return self.container.attach(self.server.proc, self.plan.url,
+                                         self.plan.startup_timeout_s).init_pid
+        finally:
+            self.outcome.container = self.container.details()
 
     def kinds_used(self) -> tuple[str, ...]:
         p = self.plan
@@ -202,6 +220,9 @@ class Driver:
         fault = inject_signal(self.outcome.server_pid, p.target, p.fault, scenario=p.row,
                               server_url=p.url, patterns=self.patterns)
         self.outcome.fault_pids = fault.pids
+        self.outcome.dropped = fault.dropped
+        for why in fault.dropped.values():
+            print(f"omnitrace: {why}", file=sys.stderr, flush=True)
         self.check_in_flight(fault.t_start_ns / 1e9)   # the first signal's time
 
     def check_in_flight(self, fault_t: float) -> None:
@@ -340,6 +361,9 @@ class Driver:
         before = [f"{p.pid} {p.name()}" for p in self.server.alive()] if expected_gone else []
         killed = self.server.stop()
         self.outcome.leftovers = before or killed
+        if self.container is not None and self.container.remove():
+            print(f"omnitrace: removed {self.container.runtime} container "
+                  f"{self.container.label()}", file=sys.stderr, flush=True)
         for line in self.outcome.leftovers:
             print(f"omnitrace: leftover process {line} (killed)", file=sys.stderr, flush=True)
 
@@ -378,6 +402,8 @@ def parse(argv: list[str]) -> tuple[Plan, str | None]:
     ap.add_argument("--matrix", default=None, help="matrix file whose role patterns name workers")
     ap.add_argument("--unavailable-hold", type=float, default=0.0,
                     help="seconds /health must stay non-2xx before a worker row settles")
+    ap.add_argument("--cidfile", default=None,
+                    help="a container serve: where its runtime writes the container's id")
     a = ap.parse_args(argv)
     url = (a.url or "http://127.0.0.1:{port}").replace("{port}", str(a.port))
     plan = Plan(a.row, a.fault, a.target, a.load, a.observe, a.serve, a.port, url,
@@ -385,7 +411,7 @@ def parse(argv: list[str]) -> tuple[Plan, str | None]:
                 load_rate=a.load_rate, load_requests=a.load_requests,
                 load_concurrency=a.load_concurrency, probe_after_s=a.probe_after,
                 shape=RequestShape(a.max_tokens, a.min_tokens, a.ignore_eos),
-                matrix=a.matrix, unavailable_hold_s=a.unavailable_hold)
+                matrix=a.matrix, unavailable_hold_s=a.unavailable_hold, cidfile=a.cidfile)
     return plan, a.report
 
 

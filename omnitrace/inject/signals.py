@@ -11,11 +11,13 @@ psutil.Process.send_signal checks the create time, so a recycled pid is never si
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 
 import psutil
 
+from omnitrace.container import is_namespace_init
 from omnitrace.errors import OmnitraceError
 from omnitrace.events import signal_name, signal_number
 from omnitrace.inject import marks
@@ -37,6 +39,7 @@ class SignalFault:
     signal: int
     pids: list[int] = field(default_factory=list)     # signalled, in order
     missed: list[int] = field(default_factory=list)   # gone before their turn
+    dropped: dict[int, str] = field(default_factory=dict)  # pid -> why the kernel ignores it
     t_start_ns: int = 0
     t_end_ns: int = 0
 
@@ -104,6 +107,34 @@ def _own_ancestors() -> set[int]:
         return set()
 
 
+def kernel_ignores(pid: int, number: int) -> str | None:
+    """Why the kernel will drop `number` sent to `pid` from here, or None when it delivers it:
+    the process set it to SIG_IGN, or it is pid 1 of a pid namespace (a container's init) with
+    no handler, which the kernel shields from every signal but SIGKILL and SIGSTOP
+    (pid_namespaces(7)).
+    The second is what users hit: `docker stop` to a server run as pid 1 without a SIGTERM
+    handler waits its whole timeout, then kills."""
+    masks = _signal_masks(pid)
+    if masks is None or number in (signal.SIGKILL, signal.SIGSTOP):
+        return None
+    bit = 1 << (number - 1)
+    if masks["SigIgn"] & bit:
+        return f"pid {pid} ignores {signal_name(number)} (SIG_IGN)"
+    if not masks["SigCgt"] & bit and is_namespace_init(pid):
+        return (f"pid {pid} is pid 1 of its pid namespace (a container's init) and has no "
+                f"{signal_name(number)} handler: the kernel drops the signal")
+    return None
+
+
+def _signal_masks(pid: int) -> dict[str, int] | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return {k: int(v, 16) for k, _, v in (line.partition(":") for line in f)
+                    if k in ("SigIgn", "SigCgt")}
+    except (OSError, ValueError):
+        return None
+
+
 def inject_signal(server: int, target: str, sig: str | int, gap_s: float = ALL_GAP_S,
                   scenario: str | None = None, server_url: str | None = None,
                   patterns: RolePatterns = PATTERNS) -> SignalFault:
@@ -129,8 +160,11 @@ def inject_signal(server: int, target: str, sig: str | int, gap_s: float = ALL_G
             try:
                 if proc.status() == psutil.STATUS_ZOMBIE:
                     raise psutil.NoSuchProcess(proc.pid)
+                why = kernel_ignores(proc.pid, number)
                 proc.send_signal(number)
                 fault.pids.append(proc.pid)
+                if why:
+                    fault.dropped[proc.pid] = why
             except psutil.NoSuchProcess:
                 fault.missed.append(proc.pid)  # "all": an earlier signal already took it down
         fault.t_end_ns = time.monotonic_ns()

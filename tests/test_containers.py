@@ -1,0 +1,308 @@
+"""Servers in containers, with a real runtime: rootful podman (scripts/setup.sh installs it and
+builds the local image, localhost/omnitrace-host:1; no registry is asked).
+
+The testbed runs in a container as `omnitrace matrix run --serve 'podman run ...'` runs it; a
+container started outside any omnitrace command is attached by name; Ctrl+C of the runner leaves
+no container and no process; a server that is its container's pid 1 without a SIGTERM handler
+shows what the kernel does with a SIGTERM from the host (drops it), in target-exits' evidence.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from omnitrace.container import inspect, ns_pids
+from omnitrace.inject.server import free_port
+from omnitrace.model.process import Process
+from tests.harness import matrix_run, wait_for
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="rootful podman needs root (CI is root)")
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE = "localhost/omnitrace-host:1"
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+SEED_ROWS = ("no-load/sigkill/serve", "no-load/sigterm/serve", "under-load/sigkill/worker")
+TESTBED = [sys.executable, "-m", "omnitrace.cli", "testbed", "serve", "--host", "0.0.0.0"]
+
+
+@pytest.fixture(scope="module")
+def run_args() -> list[str]:
+    """The image (built if missing) and the flags that mount this machine's Python and repo."""
+    if not shutil.which("podman"):
+        pytest.fail("podman is not installed: `make setup` (scripts/setup.sh) installs it")
+    script = str(REPO / "scripts" / "container-image.sh")
+    subprocess.run([script], check=True, timeout=120)
+    args = subprocess.run([script, "--run-args", sys.executable], check=True, text=True,
+                          capture_output=True).stdout
+    return shlex.split(args)
+
+
+def serve_command(run_args: list[str], name: str, program: list[str], extra=()) -> str:
+    """A --serve command as a user writes it: the container publishes {port} on the host."""
+    return shlex.join(["podman", "run", "--rm", "--name", name, "-p", "{port}:{port}", *extra,
+                       *run_args, IMAGE, *program])
+
+
+def omnitrace(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "omnitrace.cli", *args], env=ENV, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def slug(row: str) -> str:
+    return row.replace("/", "_")
+
+
+def verdicts(report: dict, row: str) -> dict[str, str]:
+    scenario = next(s for s in report["scenarios"] if s["id"] == row)
+    return {r["id"]: r["verdict"] for r in scenario["rules"]}
+
+
+def nothing_left_of(cid: str, port: int) -> list[str]:
+    """Processes that still belong to the container or its command (conmon names the id)."""
+    left = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        text = " ".join(proc.info["cmdline"] or [])
+        if cid in text or f"--port {port}" in text or f"{port}:{port}" in text:
+            left.append(f"{proc.pid} {text[:100]}")
+    return left
+
+
+def container_exists(ref: str) -> bool:
+    return subprocess.run(["podman", "container", "exists", ref]).returncode == 0
+
+
+# --- the testbed's seed rows in a container --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def seed_run(run_args, tmp_path_factory):
+    out = tmp_path_factory.mktemp("containers") / "run"
+    serve = serve_command(run_args, "omnitrace-seed-{port}", [*TESTBED, "--port", "{port}"])
+    cli, report = matrix_run(out, "--serve", serve, "--scenarios", ",".join(SEED_ROWS), env=ENV,
+                             timeout=400)
+    assert report is not None, cli.stderr[-3000:]
+    return out, cli, report
+
+
+def test_seed_rows_pass_with_the_testbed_in_a_container(seed_run):
+    out, cli, report = seed_run
+    assert cli.returncode == 0, cli.stdout[-3000:] + cli.stderr[-2000:]
+    for row in SEED_ROWS:
+        rules = verdicts(report, row)
+        assert "fail" not in rules.values(), (row, rules)
+        assert rules["target-exits"] == rules["service-unavailable"] == "pass", (row, rules)
+    assert verdicts(report, "no-load/sigkill/serve")["no-residue"] == "pass"
+    assert verdicts(report, "no-load/sigterm/serve")["graceful-shutdown"] == "pass"
+    assert verdicts(report, "under-load/sigkill/worker")["inflight-fail-fast"] == "pass"
+
+
+def test_each_row_names_its_container_and_leaves_none(seed_run):
+    """The driver's server is the container's init (a host pid, pid 1 inside); the id the runner
+    kept in <row>.cid is the container's; neither the container nor a process of it is left."""
+    out, _, report = seed_run
+    for row in SEED_ROWS:
+        outcome = json.loads((out / f"{slug(row)}.outcome.json").read_text())
+        container = outcome["container"]
+        assert container["runtime"] == "podman" and container["name"].startswith("omnitrace-seed-")
+        assert container["id"] == (out / f"{slug(row)}.cid").read_text().strip()
+        assert outcome["server_pid"] == container["init_pid"] > 1
+        scenario = next(s for s in report["scenarios"] if s["id"] == row)
+        assert scenario["server_pid"] == container["init_pid"]
+        assert not container_exists(container["id"])
+        port = int(container["name"].rsplit("-", 1)[1])
+        assert nothing_left_of(container["id"], port) == []
+    serve_rows = [json.loads((out / f"{slug(r)}.outcome.json").read_text()) for r in SEED_ROWS[:2]]
+    assert all(o["fault_pids"] == [o["server_pid"]] for o in serve_rows)
+
+
+def test_the_worker_row_kills_a_stage_inside_the_container(seed_run):
+    out, _, _ = seed_run
+    from omnitrace.model.build import build_model
+    from omnitrace.timeline import read_timeline
+    row = "under-load/sigkill/worker"
+    outcome = json.loads((out / f"{slug(row)}.outcome.json").read_text())
+    model = build_model(read_timeline(out / f"{slug(row)}.jsonl"))
+    init = model.process(outcome["container"]["init_pid"])
+    [victim] = outcome["fault_pids"]
+    assert victim in {p.pid for p in model.descendants(init)}
+    assert model.process(victim).name.startswith("VLLM::StageEngineCoreProc")
+
+
+def evidence_names_both(text: str, host_pid: int, ns_pid: int) -> bool:
+    """Whether evidence shows a process's host pid and its pid inside the container. The
+    recorder's branch decides the wording; this is the one place that reads it."""
+    return str(host_pid) in text and re.search(rf"\b(ns|namespace|container)\D{{0,12}}\b{ns_pid}\b",
+                                               text) is not None
+
+
+def test_evidence_names_the_host_and_the_namespace_pid(seed_run):
+    if "ns_pid" not in {f.name for f in dataclasses.fields(Process)}:
+        pytest.skip("Process has no ns_pid yet: the recorder's container fields (branch cgroup)")
+    out, _, report = seed_run
+    outcome = json.loads((out / "no-load_sigkill_serve.outcome.json").read_text())
+    scenario = next(s for s in report["scenarios"] if s["id"] == "no-load/sigkill/serve")
+    rule = next(r for r in scenario["rules"] if r["id"] == "target-exits")
+    text = " ".join(e["text"] for e in rule["evidence"])
+    assert evidence_names_both(text, outcome["server_pid"], 1), text
+
+
+def test_a_container_that_does_not_publish_the_port_stops_its_row_with_one_line(run_args,
+                                                                               tmp_path):
+    other = free_port()
+    serve = serve_command(run_args, "omnitrace-port-{port}", [*TESTBED, "--port", "{port}"])
+    serve = serve.replace("'{port}:{port}'", f"{other}:{{port}}")
+    cli, report = matrix_run(tmp_path / "run", "--serve", serve, "--scenarios",
+                             "no-load/sigkill/serve", env=ENV, timeout=300)
+    assert cli.returncode == 1
+    [warning] = [w for w in report["warnings"] if "publishes" in w]
+    assert f"--serve: the container publishes host port(s) {other}, not " in warning
+    assert "Traceback" not in (tmp_path / "run" / "no-load_sigkill_serve.log").read_text()
+    outcome = json.loads((tmp_path / "run" / "no-load_sigkill_serve.outcome.json").read_text())
+    cid = (tmp_path / "run" / "no-load_sigkill_serve.cid").read_text().strip()
+    assert outcome["container"]["id"] == cid and not container_exists(cid)
+
+
+# --- a container started outside any omnitrace command ----------------------------------------
+
+@pytest.fixture
+def outside_container(run_args):
+    """The testbed in a container started by hand (`podman run -d`), healthy."""
+    port = free_port()
+    name = f"omnitrace-outside-{port}"
+    subprocess.run(["podman", "run", "-d", "--name", name, "-p", f"{port}:{port}", *run_args,
+                    IMAGE, *TESTBED, "--port", str(port)], check=True, capture_output=True,
+                   timeout=120)
+    try:
+        wait_for(lambda: _healthy(port), timeout=120, what=f"{name} healthy", step=0.2)
+        yield name, port
+    finally:
+        subprocess.run(["podman", "rm", "-f", name], capture_output=True, timeout=120)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_inject_by_container_name_signals_host_pids_inside_it(outside_container, tmp_path):
+    """Recorded by attaching to the container's init (its host pid, from the runtime): the
+    worker inject --container picks is a stage of the container, and it exits."""
+    name, port = outside_container
+    init = inspect(name).init_pid
+    timeline = tmp_path / "attached.jsonl"
+    rec = omnitrace("record", "-o", str(timeline), "--attach", str(init), "--health-url",
+                    f"http://127.0.0.1:{port}/health", "--", sys.executable, "-m", "omnitrace.cli",
+                    "inject", "signal", "--container", name, "--target", "worker", "--signal",
+                    "KILL", "--scenario", "no-load/sigkill/worker")
+    assert rec.returncode == 0, rec.stderr[-2000:]
+    [victim] = re.findall(r"sent SIGKILL to (\d+)", rec.stdout + rec.stderr)
+    victim = int(victim)
+    assert victim != init and ns_pids(init)[-1] == 1
+    report = json.loads(omnitrace("verify", str(timeline), "--json", "-").stdout)
+    [scenario] = report["scenarios"]
+    assert scenario["server_pid"] == init and scenario["target_pids"] == [victim]
+    assert verdicts(report, "no-load/sigkill/worker")["target-exits"] == "pass"
+
+
+def test_inject_by_container_refuses_what_is_outside_it(outside_container):
+    name, _ = outside_container
+    conmon = psutil.Process(inspect(name).init_pid).parent()   # the container's keeper, outside
+    cases = [(["--container", name, "--target", str(conmon.pid)], "not in the process tree"),
+             (["--container", "omnitrace-no-such-container"], "--container omnitrace-no-such"),
+             (["--container", name, "--server", str(os.getpid())], "exactly one of --server")]
+    for args, message in cases:
+        done = omnitrace("inject", "signal", *args, "--signal", "TERM")
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert conmon.is_running()
+
+
+# --- Ctrl+C of the runner ------------------------------------------------------------------------
+
+def test_ctrl_c_of_the_runner_leaves_no_container_and_no_process(run_args, tmp_path):
+    out = tmp_path / "run"
+    serve = serve_command(run_args, "omnitrace-ctrlc-{port}", [*TESTBED, "--port", "{port}"])
+    runner = subprocess.Popen([sys.executable, "-m", "omnitrace.cli", "matrix", "run", "--out",
+                               str(out), "--serve", serve, "--scenarios", "no-load/sigterm/serve"],
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=_default_sigint)
+    cidfile = out / "no-load_sigterm_serve.cid"
+    try:
+        cid = wait_for(lambda: cidfile.exists() and cidfile.read_text().strip(), timeout=120,
+                       what="the container's id", step=0.05)
+        wait_for(lambda: container_exists(cid), timeout=60, what="the container", step=0.05)
+        runner.send_signal(signal.SIGINT)
+        runner.communicate(timeout=120)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode != 0
+    assert not container_exists(cid)
+    assert nothing_left_of(cid, _port_of(out)) == []
+
+
+def _default_sigint() -> None:
+    """As a terminal starts it: a suite run in the background (`make test &`) inherits SIGINT
+    ignored, and Python then never turns it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _port_of(out: Path) -> int:
+    """The row's port, from the command the recording ran (its header)."""
+    header = json.loads((out / "no-load_sigterm_serve.jsonl").open().readline())
+    return int(header["command"][header["command"].index("--port") + 1])
+
+
+# --- the server is the container's pid 1 ---------------------------------------------------------
+
+PID1_MATRIX = """\
+extends: vllm-omni
+matrix: pid1
+rows:
+  - id: no-load/sigterm/serve
+    observe_s: 8
+    thresholds: {exit_s: 4, residue_s: 4, gpu_release_s: 4}
+"""
+
+
+def test_sigterm_to_a_pid_1_server_without_a_handler_is_dropped_by_the_kernel(run_args, tmp_path):
+    """Python's http.server installs no SIGTERM handler; as its container's init, the kernel
+    drops a SIGTERM from the host (pid_namespaces(7)), so it never exits: target-exits fails
+    and says why, and the runner still removes the container and everything of it."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "health").write_text("ok\n")   # GET /health answers 200
+    matrix = tmp_path / "pid1.yaml"
+    matrix.write_text(PID1_MATRIX)
+    program = [sys.executable, "-m", "http.server", "{port}", "--bind", "0.0.0.0", "--directory",
+               "/site"]
+    serve = serve_command(run_args, "omnitrace-pid1-{port}", program,
+                          extra=["-v", f"{site}:/site:ro"])
+    out = tmp_path / "run"
+    cli, report = matrix_run(out, "--serve", serve, "--matrix", str(matrix), "--scenarios",
+                             "no-load/sigterm/serve", env=ENV, timeout=300)
+    assert report is not None, cli.stderr[-3000:]
+    assert cli.returncode == 1
+    [scenario] = report["scenarios"]
+    rule = next(r for r in scenario["rules"] if r["id"] == "target-exits")
+    assert rule["verdict"] == "fail"
+    text = " ".join(e["text"] for e in rule["evidence"])
+    assert "the kernel ignored SIGTERM" in text, text
+    outcome = json.loads((out / "no-load_sigterm_serve.outcome.json").read_text())
+    assert "pid 1 of its pid namespace" in outcome["dropped"][str(outcome["server_pid"])]
+    assert not container_exists(outcome["container"]["id"])
+    port = int(outcome["container"]["name"].rsplit("-", 1)[1])
+    assert nothing_left_of(outcome["container"]["id"], port) == []
