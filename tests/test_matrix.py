@@ -102,7 +102,7 @@ def test_the_vllm_matrix_shapes_load_and_names_the_real_trees_roles():
     from pathlib import Path
     m = load_matrix(Path(__file__).parent.parent / "examples" / "vllm-cpu" / "matrix.yaml")
     assert m.name == "vllm-cpu" and len(m.rows) == len(load_matrix(None).rows)
-    assert m.load_settings == {"max_tokens": 400, "ignore_eos": True}
+    assert m.load_settings == {"max_tokens": 1800, "ignore_eos": True}
     assert m.patterns.worker == ["VLLM::Worker"] and "VLLM::EngineCore" in m.patterns.engine
 
 

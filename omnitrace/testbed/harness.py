@@ -27,6 +27,13 @@ from omnitrace.gpu import sim
 READY = re.compile(r"READY (\S+) pid=(\d+) stages=([\d,]+) gpu=(\S+)")
 
 
+
+def _default_sigint() -> None:
+    """A suite run in the background (`make test &`) inherits SIGINT ignored, and Python keeps it
+    ignored: the testbed would then shut down on SIGINT (uvicorn's own handler) but exit 0 where a
+    user's Ctrl+C gives 130. The server under test gets the action a terminal would give it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 class Testbed:
     def __init__(self, args: list[str], sim_dir: str | os.PathLike, ready_timeout_s: float = 30.0):
         self.sim_dir = str(sim_dir)
@@ -36,7 +43,7 @@ class Testbed:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "omnitrace.cli", "testbed", "serve", "--port", "0", *args],
             stdout=subprocess.PIPE, stderr=self._log_file, text=True, env=env,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=_default_sigint)
         self.seen: dict[int, float] = {}     # pid -> create time, so a reused pid is spared
         self.ready_s = self._wait_ready(ready_timeout_s)
 
