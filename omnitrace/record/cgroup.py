@@ -7,7 +7,6 @@ only what the recorder needs to find a group and read procfs.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,6 @@ from omnitrace.errors import OmnitraceError
 MOUNTINFO = "/proc/self/mountinfo"
 RUNTIMES = ("podman", "docker")
 INSPECT_TIMEOUT_S = 20
-# A container's id appears in its cgroup's name: libpod-ID.scope, docker-ID.scope, crio-ID, ...
-CONTAINER_ID = re.compile(r"(?<![0-9a-f])([0-9a-f]{64})(?![0-9a-f])")
 
 
 class CgroupError(OmnitraceError):
@@ -94,11 +91,6 @@ def cgroup_of(pid: int) -> str | None:
     except OSError:
         pass
     return None
-
-
-def container_id_in(cgroup: str) -> str | None:
-    found = CONTAINER_ID.findall(cgroup or "")
-    return found[-1] if found else None
 
 
 # --- containers -----------------------------------------------------------------------------
