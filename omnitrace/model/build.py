@@ -21,6 +21,7 @@ class _Builder:
         self.current: dict[int, Process] = {}   # pid -> latest incarnation
         self.gpu = GpuUsage()
         self.model.gpu = self.gpu
+        self.t0 = timeline.t0
         named = timeline.header.get("container") or {}
         self.container_name = named.get("name")
         self.container_id = named.get("id")
@@ -107,7 +108,9 @@ class _Builder:
     def proc(self, i, e):
         proc = self.current.get(e.pid)
         if proc is None or _reused(proc, e):
-            proc = self._new(e.pid, e.create_time, None)
+            # one already running at attach (--attach, --cgroup) predates the recording
+            started = e.create_time if e.create_time is None or e.create_time >= self.t0 else None
+            proc = self._new(e.pid, started, None)
         elif proc.exit_t is not None and e.state != "zombie":
             # Read before the exit and written after its record (a busy machine): the same
             # process, already dead. It names it, but never revives it nor moves it.
