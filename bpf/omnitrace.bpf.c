@@ -22,7 +22,9 @@
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_HASH(traced, u32, u8, 65536);          /* tgid -> 1 */
 BPF_HASH(thread_owner, u32, u32, 262144);  /* tid of a non-leader thread of a traced process -> tgid */
-struct clone_call { u64 flags; u32 child; u32 _pad; };
+/* ts and deferred: a fork by a process in a pid namespace is written when clone returns, with the
+ * fork's time, so that it carries the pid the namespace gave the child (see clone_returned). */
+struct clone_call { u64 flags; u64 ts; u32 child; u32 deferred; };
 BPF_HASH(pending_clone, u32, struct clone_call, 65536);  /* tid inside clone()/clone3() */
 /* (reaper tgid, child's pid in the reaper's pid namespace) -> the child's host pid: wait4 in a
  * container returns the namespace pid; clone returned that same number to the parent. */
@@ -118,6 +120,25 @@ static __always_inline void fill_current(struct ot_event *e)
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
 }
 
+/* code: the child's pid in the parent's pid namespace, 0 when that is the host's. comm2 is the
+ * child's comm, which a fork copies from its parent. */
+static __always_inline void emit_fork(u64 ts, u32 child, u64 parent, bool thread, u32 ns_pid)
+{
+    struct ot_event *e = reserve(OT_FORK);
+    if (!e)
+        return;
+    e->ts = ts;
+    e->pid = thread ? parent >> 32 : child;
+    e->tid = child;
+    e->other_pid = parent >> 32;
+    e->other_tid = (u32)parent;
+    e->flags = thread ? OT_F_THREAD : 0;
+    e->code = ns_pid;
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    bpf_get_current_comm(&e->comm2, sizeof(e->comm2));
+    events.ringbuf_submit(e, 0);
+}
+
 /* clone flags tell a new thread from a new process; sched_process_fork runs inside the call. */
 TRACEPOINT_PROBE(syscalls, sys_enter_clone)
 {
@@ -150,13 +171,15 @@ static __always_inline void clone_returned(long ret)
     struct clone_call *call = pending_clone.lookup(&tid);
     if (!call)
         return;
-    u32 child = call->child;
-    bool thread = call->flags & CLONE_THREAD_FLAG;
+    struct clone_call done = *call;
     pending_clone.delete(&tid);
-    if (ret > 0 && child && (u32)ret != child && !thread) {
+    bool thread = done.flags & CLONE_THREAD_FLAG;
+    if (ret > 0 && done.child && (u32)ret != done.child && !thread) {
         struct ns_key key = {.reaper = id >> 32, .ns_pid = (u32)ret};
-        ns_child.update(&key, &child);
+        ns_child.update(&key, &done.child);
     }
+    if (done.deferred)
+        emit_fork(done.ts, done.child, id, false, ret > 0 ? (u32)ret : 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_clone)
@@ -181,25 +204,21 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
     u32 child = args->child_pid;
     struct clone_call *call = pending_clone.lookup(&parent_tid);
     bool thread = call && (call->flags & CLONE_THREAD_FLAG);
-    if (call)
-        call->child = child;
     u8 one = 1;
     if (thread)
         thread_owner.update(&child, &parent_tgid);
     else
         traced.update(&child, &one);
-
-    struct ot_event *e = reserve(OT_FORK);
-    if (!e)
-        return 0;
-    e->pid = thread ? parent_tgid : child;
-    e->tid = child;
-    e->other_pid = parent_tgid;
-    e->other_tid = parent_tid;
-    e->flags = thread ? OT_F_THREAD : 0;
-    bpf_get_current_comm(&e->comm, sizeof(e->comm));
-    TP_DATA_LOC_READ_STR(&e->comm2, child_comm, sizeof(e->comm2));
-    events.ringbuf_submit(e, 0);
+    if (call) {
+        call->child = child;
+        /* In a pid namespace the child's pid there is known only when clone returns it. */
+        if (!thread && !in_host_pid_ns()) {
+            call->ts = bpf_ktime_get_ns();
+            call->deferred = 1;
+            return 0;
+        }
+    }
+    emit_fork(bpf_ktime_get_ns(), child, id, thread, 0);
     return 0;
 }
 

@@ -11,7 +11,9 @@
 #define OT_FILENAME_LEN 128
 
 enum ot_kind {
-    OT_FORK = 1,         /* pid/tid: child; other_pid/tid: parent; flags OT_F_THREAD; comm2: child comm */
+    OT_FORK = 1,         /* pid/tid: child; other_pid/tid: parent; flags OT_F_THREAD; comm2: child comm;
+                            code: the child's pid in the parent's pid namespace (0: the host's).
+                            A parent in a pid namespace: written when clone returns, ts of the fork */
     OT_EXEC = 2,         /* pid/tid: the process; other_pid: old pid; filename */
     OT_EXIT = 3,         /* pid/tid: the exiting thread; flags OT_F_GROUP_DEAD on the last thread */
     OT_EXIT_GROUP = 4,   /* pid/tid: caller; code: requested status */

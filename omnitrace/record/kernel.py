@@ -175,6 +175,17 @@ class KernelSource(Source):
                 pass
         return added
 
+    def _fork_ns_pid(self, raw: abi.RawEvent) -> int | None:
+        """The child's pid in its namespace: what clone returned to a parent inside one (the
+        child may be gone already), else procfs's view (a namespace's init, forked from outside
+        it, is 1 there)."""
+        if not raw.code:
+            return self._note_namespace(raw.pid)
+        view = cg.pid_ns_view(raw.other_pid) or cg.pid_ns_view(raw.pid)
+        if view is not None:
+            self._ctx.note_ns_pid(raw.pid, view[0], raw.code)
+        return raw.code
+
     def _note_namespace(self, pid: int) -> int | None:
         """Its pid in its own pid namespace when that is not ours (None otherwise), remembered for
         translating a reap inside that namespace."""
@@ -237,7 +248,7 @@ class KernelSource(Source):
             ns_pid = None
             if not thread:
                 ctx.add_traced(raw.pid)
-                ns_pid = self._note_namespace(raw.pid)
+                ns_pid = self._fork_ns_pid(raw)
                 ctx.process_changed(raw.pid, "new")
             return ev.Fork(t=t, pid=raw.pid, tid=raw.tid, ppid=raw.other_pid, comm=_text(raw.comm2),
                            thread=thread, ns_pid=ns_pid)
