@@ -182,6 +182,40 @@ static __always_inline void clone_returned(long ret)
         emit_fork(done.ts, done.child, id, false, ret > 0 ? (u32)ret : 0);
 }
 
+/* fork(2) and vfork(2) make processes too (dash runs commands with vfork). */
+static __always_inline void process_clone_called(void)
+{
+    if (!current_traced())
+        return;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct clone_call call = {};
+    pending_clone.update(&tid, &call);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_fork)
+{
+    process_clone_called();
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_vfork)
+{
+    process_clone_called();
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_fork)
+{
+    clone_returned(args->ret);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_vfork)
+{
+    clone_returned(args->ret);
+    return 0;
+}
+
 TRACEPOINT_PROBE(syscalls, sys_exit_clone)
 {
     clone_returned(args->ret);

@@ -235,3 +235,21 @@ def test_a_group_given_as_proc_cgroup_names_it_is_found(group):
     assert resolve_group(relative).path == group
     with pytest.raises(CgroupError, match="^--cgroup /no/such: "):
         resolve_group("/no/such")
+
+
+def test_a_shell_as_a_namespace_init_reaps_under_host_pids(tmp_path):
+    """dash runs a command with vfork(2), not clone: its child's namespace pid comes from vfork's
+    return, and its reap (wait4 returns the namespace pid) is written under the host pid."""
+    out = tmp_path / "sh.jsonl"
+    done = subprocess.run(OMNITRACE + ["record", "-o", str(out), *QUIET_SOURCES, "--",
+                                       "unshare", "--pid", "--fork", "--mount-proc",
+                                       "sh", "-c", 'sh -c "exit 3"; echo done'],
+                          cwd=REPO, capture_output=True, text=True, timeout=EVENT_WAIT_S)
+    assert done.returncode == 0 and done.stdout == "done\n", done.stderr
+    timeline = read_timeline(out)
+    forks = {f.ns_pid: f for f in of(timeline, ev.Fork, thread=False) if f.ns_pid}
+    assert set(forks) == {1, 2}
+    reap = of(timeline, ev.Reap, pid=forks[2].pid)
+    assert [(r.reaper, r.exit_code) for r in reap] == [(forks[1].pid, 3)]
+    assert not of(timeline, ev.Reap, pid=2)  # never under the namespace pid
+    assert "unresolved_reaps" not in timeline.footer["counters"]["kernel"]

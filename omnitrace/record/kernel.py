@@ -31,6 +31,7 @@ LOST_DRAIN_INTERVAL_S = 0.1
 TRACEPOINTS = [
     "sched:sched_process_fork", "sched:sched_process_exec", "sched:sched_process_exit",
     "syscalls:sys_enter_exit_group", "syscalls:sys_enter_clone", "syscalls:sys_enter_clone3",
+    "syscalls:sys_enter_fork", "syscalls:sys_enter_vfork",
     "syscalls:sys_enter_wait4", "syscalls:sys_exit_wait4", "syscalls:sys_enter_waitid",
     "syscalls:sys_exit_waitid", "signal:signal_generate", "signal:signal_deliver",
     "task:task_rename", "oom:mark_victim",
