@@ -6,7 +6,10 @@
  *
  * Filtering happens here, not in user space: `traced` holds the process ids (tgids) of the tree;
  * a fork by a traced process adds the child. Signals sent to or from a traced process are always
- * kept, so an outside `kill -9` shows up with its sender.
+ * kept, so an outside `kill -9` shows up with its sender. With a cgroup to record (config.cgroup),
+ * any task under that cgroup v2 group (subgroups included) is traced too, and joins `traced` the
+ * first time it hits a tracepoint: a container runtime moves its processes in from outside, so
+ * they are not all forked by a traced process.
  */
 #include "omnitrace.h"
 
@@ -19,22 +22,64 @@
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_HASH(traced, u32, u8, 65536);          /* tgid -> 1 */
 BPF_HASH(thread_owner, u32, u32, 262144);  /* tid of a non-leader thread of a traced process -> tgid */
-BPF_HASH(pending_clone, u32, u64, 65536);  /* tid inside clone()/clone3() -> clone flags */
+/* ts and deferred: a fork by a process in a pid namespace is written when clone returns, with the
+ * fork's time, so that it carries the pid the namespace gave the child (see clone_returned). */
+struct clone_call { u64 flags; u64 ts; u32 child; u32 deferred; };
+BPF_HASH(pending_clone, u32, struct clone_call, 65536);  /* tid inside clone()/clone3() */
+/* (reaper tgid, child's pid in the reaper's pid namespace) -> the child's host pid: wait4 in a
+ * container returns the namespace pid; clone returned that same number to the parent. */
+struct ns_key { u32 reaper; u32 ns_pid; };
+BPF_TABLE("lru_hash", struct ns_key, u32, ns_child, 65536);
+BPF_CGROUP_ARRAY(cgroup_filter, 1);
 struct wait_call { u64 addr; u32 options; u32 is_waitid; };
 BPF_HASH(pending_wait, u32, struct wait_call, 65536);
 BPF_PERCPU_ARRAY(lost, struct ot_lost, 1);
 BPF_ARRAY(config, struct ot_config, 1);
 
-static __always_inline bool trace_all(void)
+static __always_inline struct ot_config *settings(void)
 {
     int zero = 0;
-    struct ot_config *c = config.lookup(&zero);
+    return config.lookup(&zero);
+}
+
+static __always_inline bool trace_all(void)
+{
+    struct ot_config *c = settings();
     return c && c->trace_all;
 }
 
 static __always_inline bool is_traced(u32 tgid)
 {
     return trace_all() || traced.lookup(&tgid) != NULL;
+}
+
+/* Whether the current task is followed: traced already, or under the recorded cgroup, in which
+ * case it joins `traced` (and its thread `thread_owner`) so that signals sent to it by pid from
+ * outside the group are kept as well. */
+static __always_inline bool current_traced(void)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32, tid = (u32)id;
+    if (is_traced(tgid))
+        return true;
+    struct ot_config *c = settings();
+    if (!c || !c->cgroup || cgroup_filter.check_current_task(0) != 1)
+        return false;
+    u8 one = 1;
+    traced.update(&tgid, &one);
+    if (tid != tgid)
+        thread_owner.update(&tid, &tgid);
+    return true;
+}
+
+/* Whether the current task sees pids as the host does (the recorder's pid namespace). */
+static __always_inline bool in_host_pid_ns(void)
+{
+    struct ot_config *c = settings();
+    if (!c || !c->host_ns_ino)
+        return true;
+    struct bpf_pidns_info ns = {};
+    return bpf_get_ns_current_pid_tgid(c->host_ns_dev, c->host_ns_ino, &ns, sizeof(ns)) == 0;
 }
 
 /* The process a thread id belongs to, when it is one we follow (0 when unknown). */
@@ -75,41 +120,111 @@ static __always_inline void fill_current(struct ot_event *e)
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
 }
 
+/* code: the child's pid in the parent's pid namespace, 0 when that is the host's. comm2 is the
+ * child's comm, which a fork copies from its parent. */
+static __always_inline void emit_fork(u64 ts, u32 child, u64 parent, bool thread, u32 ns_pid)
+{
+    struct ot_event *e = reserve(OT_FORK);
+    if (!e)
+        return;
+    e->ts = ts;
+    e->pid = thread ? parent >> 32 : child;
+    e->tid = child;
+    e->other_pid = parent >> 32;
+    e->other_tid = (u32)parent;
+    e->flags = thread ? OT_F_THREAD : 0;
+    e->code = ns_pid;
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    bpf_get_current_comm(&e->comm2, sizeof(e->comm2));
+    events.ringbuf_submit(e, 0);
+}
+
 /* clone flags tell a new thread from a new process; sched_process_fork runs inside the call. */
 TRACEPOINT_PROBE(syscalls, sys_enter_clone)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    if (!is_traced(id >> 32))
+    if (!current_traced())
         return 0;
-    u32 tid = (u32)id;
-    u64 flags = args->clone_flags;
-    pending_clone.update(&tid, &flags);
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct clone_call call = {.flags = args->clone_flags};
+    pending_clone.update(&tid, &call);
     return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_clone3)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    if (!is_traced(id >> 32))
+    if (!current_traced())
         return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct clone_call call = {};
+    /* clone_args.flags is first */
+    bpf_probe_read_user(&call.flags, sizeof(call.flags), (void *)args->uargs);
+    pending_clone.update(&tid, &call);
+    return 0;
+}
+
+/* clone returns the child's pid as the caller's pid namespace numbers it; when that is not the
+ * host pid sched_process_fork saw, remember the pair for the caller's wait4/waitid. */
+static __always_inline void clone_returned(long ret)
+{
+    u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
-    u64 flags = 0;
-    bpf_probe_read_user(&flags, sizeof(flags), (void *)args->uargs); /* clone_args.flags is first */
-    pending_clone.update(&tid, &flags);
+    struct clone_call *call = pending_clone.lookup(&tid);
+    if (!call)
+        return;
+    struct clone_call done = *call;
+    pending_clone.delete(&tid);
+    bool thread = done.flags & CLONE_THREAD_FLAG;
+    if (ret > 0 && done.child && (u32)ret != done.child && !thread) {
+        struct ns_key key = {.reaper = id >> 32, .ns_pid = (u32)ret};
+        ns_child.update(&key, &done.child);
+    }
+    if (done.deferred)
+        emit_fork(done.ts, done.child, id, false, ret > 0 ? (u32)ret : 0);
+}
+
+/* fork(2) and vfork(2) make processes too (dash runs commands with vfork). */
+static __always_inline void process_clone_called(void)
+{
+    if (!current_traced())
+        return;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct clone_call call = {};
+    pending_clone.update(&tid, &call);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_fork)
+{
+    process_clone_called();
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_vfork)
+{
+    process_clone_called();
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_fork)
+{
+    clone_returned(args->ret);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_vfork)
+{
+    clone_returned(args->ret);
     return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_clone)
 {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    pending_clone.delete(&tid);
+    clone_returned(args->ret);
     return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_clone3)
 {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    pending_clone.delete(&tid);
+    clone_returned(args->ret);
     return 0;
 }
 
@@ -117,36 +232,33 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 parent_tgid = id >> 32;
-    if (!is_traced(parent_tgid))
+    if (!current_traced())
         return 0;
     u32 parent_tid = (u32)id;
     u32 child = args->child_pid;
-    u64 *flags = pending_clone.lookup(&parent_tid);
-    bool thread = flags && (*flags & CLONE_THREAD_FLAG);
+    struct clone_call *call = pending_clone.lookup(&parent_tid);
+    bool thread = call && (call->flags & CLONE_THREAD_FLAG);
     u8 one = 1;
     if (thread)
         thread_owner.update(&child, &parent_tgid);
     else
         traced.update(&child, &one);
-
-    struct ot_event *e = reserve(OT_FORK);
-    if (!e)
-        return 0;
-    e->pid = thread ? parent_tgid : child;
-    e->tid = child;
-    e->other_pid = parent_tgid;
-    e->other_tid = parent_tid;
-    e->flags = thread ? OT_F_THREAD : 0;
-    bpf_get_current_comm(&e->comm, sizeof(e->comm));
-    TP_DATA_LOC_READ_STR(&e->comm2, child_comm, sizeof(e->comm2));
-    events.ringbuf_submit(e, 0);
+    if (call) {
+        call->child = child;
+        /* In a pid namespace the child's pid there is known only when clone returns it. */
+        if (!thread && !in_host_pid_ns()) {
+            call->ts = bpf_ktime_get_ns();
+            call->deferred = 1;
+            return 0;
+        }
+    }
+    emit_fork(bpf_ktime_get_ns(), child, id, thread, 0);
     return 0;
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    if (!is_traced(id >> 32))
+    if (!current_traced())
         return 0;
     struct ot_event *e = reserve(OT_EXEC);
     if (!e)
@@ -162,7 +274,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
-    if (!is_traced(tgid))
+    if (!current_traced())
         return 0;
     if (tid != tgid)
         thread_owner.delete(&tid);
@@ -177,8 +289,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    if (!is_traced(id >> 32))
+    if (!current_traced())
         return 0;
     struct ot_event *e = reserve(OT_EXIT_GROUP);
     if (!e)
@@ -208,12 +319,35 @@ TRACEPOINT_PROBE(syscalls, sys_enter_waitid)
     return 0;
 }
 
+/* A reaper in a pid namespace (a container's init or shell) gets the child's pid as that
+ * namespace numbers it: the host pid is the one its clone returned that number for. When that
+ * clone was not seen (an orphan handed to the reaper), the record says so and user space
+ * translates it. */
+static __always_inline u32 host_pid_of_reaped(u32 reaped, u32 reaper, u32 *flags)
+{
+    if (in_host_pid_ns())
+        return reaped;
+    struct ns_key key = {.reaper = reaper, .ns_pid = reaped};
+    u32 *host = ns_child.lookup(&key);
+    if (!host) {
+        *flags |= OT_F_NS_PID;
+        return reaped;
+    }
+    u32 pid = *host;
+    ns_child.delete(&key);
+    return pid;
+}
+
 static __always_inline void emit_reap(u32 reaped, int status, bool known, bool waitid)
 {
     u64 id = bpf_get_current_pid_tgid();
-    if (!is_traced(reaped) && !is_traced(id >> 32))
+    u32 flags = (known ? OT_F_STATUS_KNOWN : 0) | (waitid ? OT_F_WAITID : 0);
+    reaped = host_pid_of_reaped(reaped, id >> 32, &flags);
+    bool host_pid = !(flags & OT_F_NS_PID);
+    if (!(host_pid && is_traced(reaped)) && !current_traced())
         return;
-    traced.delete(&reaped);  /* the pid is free for reuse now: stop following it */
+    if (host_pid)
+        traced.delete(&reaped);  /* the pid is free for reuse now: stop following it */
     struct ot_event *e = reserve(OT_REAP);
     if (!e)
         return;
@@ -222,7 +356,7 @@ static __always_inline void emit_reap(u32 reaped, int status, bool known, bool w
     e->other_pid = id >> 32;
     e->other_tid = (u32)id;
     e->code = status;
-    e->flags = (known ? OT_F_STATUS_KNOWN : 0) | (waitid ? OT_F_WAITID : 0);
+    e->flags = flags;
     bpf_get_current_comm(&e->comm2, sizeof(e->comm2));
     events.ringbuf_submit(e, 0);
 }
@@ -283,7 +417,7 @@ TRACEPOINT_PROBE(signal, signal_generate)
     u32 sender = id >> 32;
     u32 target_tid = args->pid;
     u32 target = owner_of(target_tid);
-    if (!target && !is_traced(sender))
+    if (!target && !current_traced())
         return 0;
     struct ot_event *e = reserve(OT_SIGNAL_GEN);
     if (!e)
@@ -304,8 +438,7 @@ TRACEPOINT_PROBE(signal, signal_generate)
 
 TRACEPOINT_PROBE(signal, signal_deliver)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    if (!is_traced(id >> 32))
+    if (!current_traced())
         return 0;
     struct ot_event *e = reserve(OT_SIGNAL_DLV);
     if (!e)
@@ -322,12 +455,15 @@ TRACEPOINT_PROBE(task, task_rename)
 {
     u32 tid = args->pid;
     u32 owner = owner_of(tid);
+    u64 id = bpf_get_current_pid_tgid();
+    if (!owner && tid == (u32)id && current_traced())
+        owner = id >> 32;  /* a cgroup member renaming itself before we met it */
     if (!owner && !trace_all())
         return 0;
     struct ot_event *e = reserve(OT_RENAME);
     if (!e)
         return 0;
-    e->pid = owner ? owner : (u32)(bpf_get_current_pid_tgid() >> 32);
+    e->pid = owner ? owner : (u32)(id >> 32);
     e->tid = tid;
     bpf_probe_read_kernel(&e->comm, sizeof(e->comm), args->oldcomm);
     bpf_probe_read_kernel(&e->comm2, sizeof(e->comm2), args->newcomm);

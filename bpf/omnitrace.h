@@ -11,12 +11,14 @@
 #define OT_FILENAME_LEN 128
 
 enum ot_kind {
-    OT_FORK = 1,         /* pid/tid: child; other_pid/tid: parent; flags OT_F_THREAD; comm2: child comm */
+    OT_FORK = 1,         /* pid/tid: child; other_pid/tid: parent; flags OT_F_THREAD; comm2: child comm;
+                            code: the child's pid in the parent's pid namespace (0: the host's).
+                            A parent in a pid namespace: written when clone returns, ts of the fork */
     OT_EXEC = 2,         /* pid/tid: the process; other_pid: old pid; filename */
     OT_EXIT = 3,         /* pid/tid: the exiting thread; flags OT_F_GROUP_DEAD on the last thread */
     OT_EXIT_GROUP = 4,   /* pid/tid: caller; code: requested status */
     OT_REAP = 5,         /* pid: reaped; other_pid/tid: reaper; code: raw wait status; flags
-                            OT_F_STATUS_KNOWN, OT_F_WAITID */
+                            OT_F_STATUS_KNOWN, OT_F_WAITID, OT_F_NS_PID */
     OT_SIGNAL_GEN = 6,   /* pid/tid: target (pid 0 when the target's process is unknown);
                             other_pid/tid: sender; sig, code, result; flags OT_F_GROUP;
                             comm: target comm; comm2: sender comm */
@@ -30,6 +32,7 @@ enum ot_kind {
 #define OT_F_GROUP         0x4
 #define OT_F_STATUS_KNOWN  0x8
 #define OT_F_WAITID        0x10
+#define OT_F_NS_PID        0x20  /* OT_REAP: pid is the reaper's namespace view, not resolved */
 
 struct ot_event {
     __u64 ts;          /* bpf_ktime_get_ns: CLOCK_MONOTONIC */
@@ -58,6 +61,9 @@ struct ot_lost {
 
 struct ot_config {
     __u32 trace_all;
+    __u32 cgroup;        /* 1: also trace every task under cgroup_filter[0] */
+    __u64 host_ns_dev;   /* the recorder's pid namespace (st_dev, st_ino of /proc/self/ns/pid): */
+    __u64 host_ns_ino;   /* a reaper outside it sees its children's pids in its own namespace */
 };
 
 #endif

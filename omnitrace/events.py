@@ -94,6 +94,7 @@ class Fork(Event):
     ppid: int
     comm: str = ""
     thread: bool = False
+    ns_pid: int | None = None  # its pid in its own pid namespace, when that is not the recorder's
 
 
 @dataclass(slots=True)
@@ -208,6 +209,8 @@ class ProcSnapshot(Event):
     user: str = ""
     ports: list[int] = field(default_factory=list)
     reason: str = "periodic"
+    ns_pid: int | None = None  # its pid in its own pid namespace, when that is not the recorder's
+    cgroup: str = ""           # its cgroup v2 path ("0::" of /proc/PID/cgroup)
 
 
 @dataclass(slots=True)

@@ -57,16 +57,19 @@ def processes_view(model: Model) -> list[dict[str, Any]]:
 
 
 def annotated_views(model: Model, patterns: RolePatterns) -> list[dict[str, Any]]:
-    """processes_view plus the fields added to the contract since: role, in_recorded_tree and
+    """processes_view plus the fields added to the contract since: role, in_recorded_tree,
     signals (signals_received with per-thread deliveries folded into the signal that caused
-    them). Existing fields never change."""
+    them), ns_pid and container (the pid and the container the server's own logs know).
+    Existing fields never change."""
     roles = display_roles(model, patterns)
     tree = recorded_tree(model)
     return [{**process_view(model, p),
              "role": roles.get(id(p)),
              "in_recorded_tree": tree is None or id(p) in tree,
              "reparented_at": _reparented_at(model, p),
-             "signals": [signal_group_dict(g, model.t0) for g in grouped_signals(p)]}
+             "signals": [signal_group_dict(g, model.t0) for g in grouped_signals(p)],
+             "ns_pid": p.ns_pid,
+             "container": p.container}
             for p in _by_start(model)]
 
 
@@ -139,9 +142,20 @@ def _process_line(v: dict[str, Any], windows: list[dict[str, Any]] = ()) -> str:
     if v["reparented_to"] is not None:
         name += (f"  (orphan: re-parented to {v['reparented_to']} at "
                  f"{_fmt_time(v['reparented_at'])}{_after_window(v['reparented_at'], windows)})")
+    name += _placement(v)
     ppid = v["ppid"] if v["ppid"] is not None else "-"
     return (f"{v['pid']:>7} {ppid:>7} {_fmt_time(v['start']):>10} {_fmt_time(v['exit']):>10} "
             f"{_status(v):>8} {reaped:>7}  {v['role'] or '-':<7} {name}")
+
+
+def _placement(v: dict[str, Any]) -> str:
+    """'  [ns pid 7, container web]': how the container's own logs name it."""
+    parts = []
+    if v.get("ns_pid") is not None and v["ns_pid"] != v["pid"]:
+        parts.append(f"ns pid {v['ns_pid']}")
+    if v.get("container"):
+        parts.append(f"container {v['container']}")
+    return f"  [{', '.join(parts)}]" if parts else ""
 
 
 def _signal_lines(v: dict[str, Any]) -> list[tuple[float, str]]:

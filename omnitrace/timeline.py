@@ -344,7 +344,8 @@ HEADER_FIELDS = {
     "boot_id": TYPES["str"], "clock": TYPES["str"], "unit": TYPES["str"], "t0": TYPES["int"],
     "wall_offset_ns": TYPES["int"], "command": TYPES["list[str]"], "sources": _SECTIONS,
     "recorder_pid": TYPES["int"], "attach": TYPES["list[int]"], "trace_all": TYPES["bool"],
-    "matrix": _OBJECT,
+    "matrix": _OBJECT, "cgroup": TYPES["str"], "cgroup_pids": TYPES["list[int]"],
+    "container": _OBJECT,
 }
 FOOTER_FIELDS = {
     "t": TYPES["int"], "events": TYPES["int"], "exit_status": TYPES["int | None"],

@@ -28,15 +28,18 @@ INTERPRETERS = frozenset({"python", "python3", "bash", "sh", "dash"})
 
 # --- which processes the recording was about ------------------------------------------------
 def recorded_tree(model: Model) -> set[int] | None:
-    """id()s of the recorded command (or the attached processes) and all they forked; None when
-    the recording traced everything or does not say what it recorded (a hand-made file).
+    """id()s of the recorded command (or the attached processes, or the recorded cgroup's
+    members) and all they forked; None when the recording traced everything or does not say
+    what it recorded (a hand-made file).
 
     Everything else got into the timeline only by touching the tree: the recorder itself (a
     SIGCHLD from the command), an outside sender, a pid procfs saw as a parent."""
     header = model.timeline.header
     if header.get("trace_all"):
         return None
-    roots = [model.process(pid, model.t0) for pid in header.get("attach") or []]
+    attached = [*(header.get("attach") or []), *(header.get("cgroup_pids") or [])]
+    roots = [model.process(pid, model.t0) for pid in attached]
+    roots += _group_members(model, header.get("cgroup"))
     recorder = header.get("recorder_pid")
     if recorder is not None:
         roots += [p for p in model.processes if p.ppid == recorder]
@@ -47,6 +50,15 @@ def recorded_tree(model: Model) -> set[int] | None:
     for root in roots:
         members.update(id(p) for p in [root, *model.descendants(root)])
     return members
+
+
+def _group_members(model: Model, group: str | None) -> list[Process]:
+    """Processes procfs saw in the recorded cgroup (or below it): a runtime moves them in, so
+    they need not descend from a member at attach."""
+    if not group:
+        return []
+    below = group.rstrip("/") + "/"
+    return [p for p in model.processes if p.cgroup == group or p.cgroup.startswith(below)]
 
 
 def display_roles(model: Model, patterns: RolePatterns) -> dict[int, str]:

@@ -19,6 +19,16 @@ from tests.recording import (OMNITRACE, REPO, descendants, kill_session, record_
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF needs root (CI runs as root)")
 
 
+def process_forks(path) -> int:
+    """Process forks in what has been written so far (the recorder's own fork record included)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return 0
+    complete = text.split("\n")[:-1]  # a half-written last line is not read back
+    return sum('"kind":"fork"' in line and '"thread":false' in line for line in complete)
+
+
 def lines(path):
     try:
         return path.read_text().count("\n")
@@ -37,7 +47,9 @@ def test_recorder_killed_with_sigkill_leaves_a_readable_file(tmp_path):
     proc = start_recording(path, workload)
     orphans = []
     try:
-        wait_for(lambda: lines(path) > 50, what="forks on the timeline")
+        # the very fact asserted below, not a line count: a busy machine writes the forks'
+        # snapshots, signals and reaps in other proportions (50 lines once held only 9 forks)
+        wait_for(lambda: process_forks(path) > 10, timeout=120, what="11 forks on the timeline")
         orphans = descendants(proc.pid)  # the workload outlives a SIGKILLed recorder
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)

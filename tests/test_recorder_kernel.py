@@ -137,7 +137,7 @@ def test_show_json_contract(recording):
     # the contract (docs/timeline-format.md): these fields stay; fields may be added, never changed
     keys = {"pid", "ppid", "name", "cmdline", "start", "exit", "exit_code", "exit_signal",
             "reaped_by", "reparented_to", "signals_received"}
-    added = {"role", "in_recorded_tree", "reparented_at", "signals"}
+    added = {"role", "in_recorded_tree", "reparented_at", "signals", "ns_pid", "container"}
     assert all(keys <= set(v) <= keys | added for v in views.values()), views
     assert views[pids["killed"]]["exit_signal"] == "SIGKILL"
     assert views[pids["default"]]["exit_signal"] == "SIGTERM"

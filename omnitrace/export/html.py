@@ -399,11 +399,16 @@ def _end_text(proc: Process, zero: int) -> str:
     return f"exited {_seconds(proc.exit_t - zero)} s, {how}"
 
 
+def _pid_text(proc: Process) -> str:
+    """'48211 (ns 7)': the host pid, and the one the container's own logs show."""
+    return proc.pid_label().removeprefix("pid ")
+
+
 def _label(canvas: _Canvas, ctx: _Context, proc: Process, mid: float, orphaned) -> None:
     name = display_name(proc.name_at(canvas.w.zero) or proc.name, proc.cmdline, 22)
     tip = f"{proc.label()}: {_end_text(proc, canvas.w.zero)}"
     canvas.add(f'<text class="proc" x="4" y="{mid + 4:.1f}"><title>{_e(tip)}</title>'
-               f'{_e(proc.pid)} {_e(name)}</text>')
+               f'{_e(_pid_text(proc))} {_e(name)}</text>')
     role = ctx.roles.get(id(proc))
     if role:
         canvas.add(f'<text class="role" x="{ROLE_X}" y="{mid + 4:.1f}">{_e(role)}</text>')
@@ -737,7 +742,7 @@ def _orphan_note(w: _Window, adopter: str, orphans: list[Process]) -> str:
     for proc in orphans:
         t = _orphaned(proc, w).t
         late = "" if _in_window(w, t) else ", after the window"
-        items.append(f"{proc.pid} {display_name(proc.name, proc.cmdline, 24)} "
+        items.append(f"{_pid_text(proc)} {display_name(proc.name, proc.cmdline, 24)} "
                      f"({_seconds(t - w.zero)} s{late})")
     text = f"Orphans re-parented to {adopter}: {', '.join(items)}"
     if w.window_end is not None:

@@ -159,7 +159,8 @@ class _Builder:
                     "omnitrace.exit.signal": signal_name(killed_by) if killed_by else None,
                     "omnitrace.started_before_recording": proc.start is None,
                     "omnitrace.running_at_end": proc.exit_t is None,
-                    "omnitrace.reaped_by": proc.reaped_by}),
+                    "omnitrace.reaped_by": proc.reaped_by,
+                    "omnitrace.ns_pid": proc.ns_pid, "container.name": proc.container}),
                 status=Status(code=Status.STATUS_CODE_ERROR if killed_by else Status.STATUS_CODE_UNSET)))
 
     def marks(self) -> None:
@@ -204,11 +205,11 @@ class _Builder:
     def logs(self) -> None:
         for proc in self.model.processes:
             for r in proc.signals:
-                self.log(r.t, WARN, f"{r.name} sent to pid {proc.pid} by pid {r.sender_pid} "
+                self.log(r.t, WARN, f"{r.name} sent to {proc.pid_label()} by pid {r.sender_pid} "
                          f"({r.sender_comm}): {r.result}", proc, **{"process.pid": proc.pid,
                          "omnitrace.signal": r.name, "omnitrace.sender_pid": r.sender_pid})
                 if r.delivered_t is not None:
-                    self.log(r.delivered_t, INFO, f"{r.name} delivered to pid {proc.pid}: "
+                    self.log(r.delivered_t, INFO, f"{r.name} delivered to {proc.pid_label()}: "
                              f"{r.disposition}", proc, **{"process.pid": proc.pid,
                                                          "omnitrace.signal": r.name})
             code, killed_by = proc.exit_status()
@@ -216,9 +217,9 @@ class _Builder:
                 how = f"exit code {code}" if code is not None else (
                     f"killed by {signal_name(killed_by)}" if killed_by else "status unknown")
                 self.log(proc.exit_t, ERROR if killed_by else INFO,
-                         f"pid {proc.pid} {proc.name} exited: {how}", proc, **{"process.pid": proc.pid})
+                         f"{proc.pid_label()} {proc.name} exited: {how}", proc, **{"process.pid": proc.pid})
             if proc.reap_t is not None:
-                self.log(proc.reap_t, INFO, f"pid {proc.pid} reaped by pid {proc.reaped_by}", proc,
+                self.log(proc.reap_t, INFO, f"{proc.pid_label()} reaped by pid {proc.reaped_by}", proc,
                          **{"process.pid": proc.pid, "omnitrace.reaper": proc.reaped_by})
         for event in self.model.timeline.of_kind("oom_kill", "lost", "gpu_error", "log"):
             proc = self.model.process(event.pid, event.t) if hasattr(event, "pid") else None

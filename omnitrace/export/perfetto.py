@@ -123,6 +123,8 @@ class _TraceBuilder:
     def process(self, proc: Process, order: int) -> None:
         pid = proc.pid
         title = proc.name or (proc.cmdline[0] if proc.cmdline else f"pid {pid}")
+        if proc.ns_pid is not None and proc.ns_pid != pid:
+            title += f" (ns pid {proc.ns_pid})"  # beside the UI's host pid: what the logs say
         start = proc.start if proc.start is not None else self.t0
         end = proc.exit_t if proc.exit_t is not None else self.model.t_end
         self.events += [
@@ -135,7 +137,8 @@ class _TraceBuilder:
         args = {"pid": pid, "ppid": proc.ppid, "cmdline": " ".join(proc.cmdline),
                 "started_before_recording": proc.start is None,
                 "still_running_at_end": proc.exit_t is None,
-                "exit_code": code, "signal": signal_name(killed_by) if killed_by else None}
+                "exit_code": code, "signal": signal_name(killed_by) if killed_by else None,
+                "ns_pid": proc.ns_pid, "container": proc.container}
         self.events.append({"ph": "X", "name": title, "cat": "process", "pid": pid, "tid": pid,
                             "ts": self.us(start), "dur": max(end - start, 0) / 1000.0,
                             "args": args})

@@ -11,7 +11,7 @@ from omnitrace.model.gpu import GpuUsage
 from omnitrace.model.http import request_from_span
 from omnitrace.model.marks import mark_from_span
 from omnitrace.model.model import Model
-from omnitrace.model.process import ParentChange, Process, SignalReceipt
+from omnitrace.model.process import ParentChange, Process, SignalReceipt, container_id
 from omnitrace.timeline import Timeline
 
 
@@ -21,6 +21,12 @@ class _Builder:
         self.current: dict[int, Process] = {}   # pid -> latest incarnation
         self.gpu = GpuUsage()
         self.model.gpu = self.gpu
+        self.t0 = timeline.t0
+        named = timeline.header.get("container") or {}
+        self.container_name = named.get("name")
+        self.container_id = named.get("id")
+        # the recorded container's group, whatever its runtime calls it
+        self.container_group = timeline.header.get("cgroup") if self.container_name else None
 
     # --- process table --------------------------------------------------------------------------
     def _new(self, pid: int, start: int | None, ref: int | None) -> Process:
@@ -43,6 +49,10 @@ class _Builder:
         if old is not None and old.exit_t is None and old.start is not None:
             return  # a duplicate fork record: keep the first
         proc = self._new(e.pid, e.t, i)
+        proc.ns_pid = e.ns_pid
+        parent = self.current.get(e.ppid)
+        if parent is not None:  # a child starts in its parent's cgroup
+            proc.cgroup, proc.container = parent.cgroup, parent.container
         proc.parents.append(ParentChange(e.t, e.ppid, i))
         if e.comm:
             proc.names.append((e.t, e.comm))
@@ -98,16 +108,20 @@ class _Builder:
     def proc(self, i, e):
         proc = self.current.get(e.pid)
         if proc is None or _reused(proc, e):
-            proc = self._new(e.pid, e.create_time, None)
+            # one already running at attach (--attach, --cgroup) predates the recording
+            started = e.create_time if e.create_time is None or e.create_time >= self.t0 else None
+            proc = self._new(e.pid, started, None)
         elif proc.exit_t is not None and e.state != "zombie":
             # Read before the exit and written after its record (a busy machine): the same
             # process, already dead. It names it, but never revives it nor moves it.
             _describe(proc, e)
+            self._place(proc, e)
             return
         if e.name:
             _add_name(proc, e.t, e.name)
         if e.cmdline:
             proc.cmdline = list(e.cmdline)
+        self._place(proc, e)
         proc.ports.update(e.ports)
         proc.state = e.state
         if e.state == "zombie" and proc.zombie_seen_t is None:
@@ -124,6 +138,23 @@ class _Builder:
         elif last.ppid != e.ppid:
             proc.parents.append(ParentChange(e.t, e.ppid, i))  # seen by procfs only
         self.model.index_child(proc)
+
+    def _place(self, proc: Process, e) -> None:
+        """Its namespace pid and cgroup, and so its container, from a snapshot."""
+        if e.ns_pid is not None:
+            proc.ns_pid = e.ns_pid
+        if e.cgroup:
+            proc.cgroup = e.cgroup
+            proc.container = self._container_of(e.cgroup)
+
+    def _container_of(self, cgroup: str) -> str | None:
+        group = self.container_group
+        if group and (cgroup == group or cgroup.startswith(group.rstrip("/") + "/")):
+            return self.container_name
+        cid = container_id(cgroup)
+        if cid is None:
+            return None
+        return self.container_name if cid == self.container_id else cid[:12]
 
     def gpu_memory(self, i, e):
         self.gpu.device_sample(e.device, e.t, e.used, e.total, i)

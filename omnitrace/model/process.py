@@ -5,6 +5,7 @@ Process. Facts keep the index of the event they come from (`ref`) so verdicts ca
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from omnitrace.events import signal_name
@@ -58,6 +59,9 @@ class Process:
     reap_signal: int | None = None
     zombie_seen_t: int | None = None  # procfs showed state "zombie" (a fallback when reaps are unseen)
     signals: list[SignalReceipt] = field(default_factory=list)
+    ns_pid: int | None = None         # its pid in its own pid namespace (a container's), if not ours
+    cgroup: str = ""                  # its cgroup v2 path, as procfs last showed it
+    container: str | None = None      # the container it ran in: name when the header names it, else id
 
     # --- lifetime -----------------------------------------------------------------------------
     def alive_at(self, t: int) -> bool:
@@ -112,7 +116,13 @@ class Process:
         title = self.name or (self.cmdline[0] if self.cmdline else "?")
         if self.cmdline and title in ("python", "python3") and len(self.cmdline) > 1:
             title = " ".join(self.cmdline)[:80]
-        return f"pid {self.pid} {title}"
+        return f"{self.pid_label()} {title}"
+
+    def pid_label(self) -> str:
+        """'pid 48211 (ns 7)': the host pid, and the pid the container's own logs show."""
+        if self.ns_pid is None or self.ns_pid == self.pid:
+            return f"pid {self.pid}"
+        return f"pid {self.pid} (ns {self.ns_pid})"
 
     # --- how it ended -------------------------------------------------------------------------
     def fatal_signal(self) -> SignalReceipt | None:
@@ -132,6 +142,15 @@ class Process:
         if self.exit_group_code is not None:
             return self.exit_group_code, None
         return None, None
+
+
+# A container's 64-hex id appears in its cgroup's name: libpod-ID.scope, docker-ID.scope, crio-ID.
+CONTAINER_ID = re.compile(r"(?<![0-9a-f])([0-9a-f]{64})(?![0-9a-f])")
+
+
+def container_id(cgroup: str) -> str | None:
+    found = CONTAINER_ID.findall(cgroup)
+    return found[-1] if found else None
 
 
 # Signals whose default action ends the process (core-dumping ones included).

@@ -21,6 +21,12 @@ def _default_output() -> Path:
 @click.option("--attach", "attach", type=int, multiple=True, metavar="PID",
               help="Also trace this existing process and its descendants (repeatable).")
 @click.option("--all", "trace_all", is_flag=True, help="Trace every process on the machine.")
+@click.option("--cgroup", "cgroup_path", metavar="PATH",
+              help="Also trace every process in this cgroup v2 group and its subgroups, those "
+                   "there now and those started later (a directory on the cgroup2 mount, or the "
+                   "path /proc/PID/cgroup shows). Needs BPF.")
+@click.option("--container", metavar="NAME|ID",
+              help="Trace a running podman or docker container: its cgroup, as --cgroup.")
 @click.option("--no-bpf", is_flag=True, help="Do not load BPF: poll procfs instead (lower precision).")
 @click.option("--snapshot-interval", default=1.0, show_default=True, type=click.FloatRange(0.05),
               help="Seconds between procfs snapshots of each traced process.")
@@ -46,7 +52,7 @@ def _default_output() -> Path:
                    "'vllm-omni'; env OMNITRACE_MATRIX): written into the header, so verify "
                    "checks against it anywhere.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def record(output, attach, trace_all, no_bpf, snapshot_interval, linger, keep_root, gpu,
+def record(output, attach, trace_all, cgroup_path, container, no_bpf, snapshot_interval, linger, keep_root, gpu,
            health_url, health_rate, no_health, no_otlp, metrics_port, metrics_host, matrix_file,
            command):
     """Run COMMAND and record what happens to its process tree.
@@ -54,11 +60,13 @@ def record(output, attach, trace_all, no_bpf, snapshot_interval, linger, keep_ro
     \b
       sudo omnitrace record -o run.jsonl -- pytest tests/reliability
       sudo omnitrace record --attach 4123 -o run.jsonl
+      sudo omnitrace record --container vllm -o run.jsonl
     """
     options = RecordOptions(output=output or _default_output(), command=list(command),
                             attach=list(attach), trace_all=trace_all, no_bpf=no_bpf,
                             snapshot_interval_s=snapshot_interval, linger_s=linger,
                             keep_root=keep_root)
+    _resolve_group(options, cgroup_path, container)
     if matrix_file:  # read before anything runs: a bad file stops here, exit 2
         from omnitrace.verify.matrix import BUILTIN, header_entry, load_matrix
         options.header["matrix"] = header_entry(load_matrix(matrix_file))
@@ -83,6 +91,19 @@ def record(output, attach, trace_all, no_bpf, snapshot_interval, linger, keep_ro
             stop()
     click.echo(result.summary(), err=True)
     sys.exit(result.exit_status if result.exit_status is not None else 0)
+
+
+def _resolve_group(options: RecordOptions, cgroup_path: str | None,
+                   container: str | None) -> None:
+    """--cgroup / --container into the group to filter on; a bad one stops here (exit 2)."""
+    from omnitrace.record.cgroup import resolve_container, resolve_group
+    if cgroup_path and container:
+        raise OmnitraceError("--cgroup and --container: give one (a container is its cgroup)")
+    if cgroup_path:
+        options.cgroup = resolve_group(cgroup_path)
+    elif container:
+        options.container = resolve_container(container)
+        options.cgroup = options.container.group
 
 
 @click.command()

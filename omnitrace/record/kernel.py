@@ -2,8 +2,9 @@
 and a poller thread turns them into timeline events.
 
 The traced set lives in the BPF map `traced` (tgids); the recorder seeds it with the command's pid
-before the command is allowed to exec, and the kernel grows it at fork. User space mirrors it into
-RecordContext so the other sources know which pids matter.
+before the command is allowed to exec (or with a cgroup's members, `--cgroup`), and the kernel grows
+it at fork and, with a cgroup, whenever a task under that cgroup runs a traced tracepoint. User
+space mirrors it into RecordContext so the other sources know which pids matter.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 import psutil
 
 from omnitrace import events as ev
+from omnitrace.record import cgroup as cg
 from omnitrace.record import kernel_abi as abi
 from omnitrace.record.source import RecordContext, Source, SourceUnavailable
 
@@ -29,6 +31,7 @@ LOST_DRAIN_INTERVAL_S = 0.1
 TRACEPOINTS = [
     "sched:sched_process_fork", "sched:sched_process_exec", "sched:sched_process_exit",
     "syscalls:sys_enter_exit_group", "syscalls:sys_enter_clone", "syscalls:sys_enter_clone3",
+    "syscalls:sys_enter_fork", "syscalls:sys_enter_vfork",
     "syscalls:sys_enter_wait4", "syscalls:sys_exit_wait4", "syscalls:sys_enter_waitid",
     "syscalls:sys_exit_waitid", "signal:signal_generate", "signal:signal_deliver",
     "task:task_rename", "oom:mark_victim",
@@ -58,8 +61,11 @@ def _text(raw: bytes) -> str:
 class KernelSource(Source):
     name = "kernel"
 
-    def __init__(self, trace_all: bool = False, ringbuf_pages: int = DEFAULT_RINGBUF_PAGES):
+    def __init__(self, trace_all: bool = False, ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
+                 group: cg.Group | None = None):
         self.trace_all = trace_all
+        self.group = group
+        self._unresolved_reaps = 0
         self.ringbuf_pages = ringbuf_pages
         self._bpf = None
         self._ctx: RecordContext | None = None
@@ -83,11 +89,23 @@ class KernelSource(Source):
                                                 "-Wno-macro-redefined"])
         except Exception as exc:  # bcc raises bare Exception on compile/attach failures
             raise SourceUnavailable(f"bcc could not load {PROGRAM}: {exc}") from None
-        self._bpf[b"config"][ctypes.c_int(0)] = abi.RawConfig(trace_all=int(self.trace_all))
+        self._configure()
         self._bpf[b"events"].open_ring_buffer(self._on_record)
         ctx.trace_all = self.trace_all
         self._last_drain_ts = time.monotonic_ns()
         return {}
+
+    def _configure(self) -> None:
+        if self.group is not None:
+            try:
+                self._bpf[b"cgroup_filter"][0] = str(self.group.path)  # bcc opens it for its fd
+            except Exception as exc:  # bcc raises bare Exception when the map update fails
+                raise SourceUnavailable(f"cannot filter on cgroup {self.group.path}: {exc}") \
+                    from None
+        dev, ino = cg.own_pid_ns() or (0, 0)
+        self._bpf[b"config"][ctypes.c_int(0)] = abi.RawConfig(
+            trace_all=int(self.trace_all), cgroup=int(self.group is not None),
+            host_ns_dev=dev, host_ns_ino=ino)
 
     def start(self, ctx: RecordContext) -> None:
         self._thread = threading.Thread(target=self._poll_loop, name="kernel-poll", daemon=True)
@@ -104,12 +122,18 @@ class KernelSource(Source):
             self._bpf = None
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "bcc", "precision_ns": 1, "clock": "bpf_ktime_get_ns",
+        info = {"backend": "bcc", "precision_ns": 1, "clock": "bpf_ktime_get_ns",
                 "tracepoints": TRACEPOINTS, "trace_all": self.trace_all,
                 "ringbuf_bytes": self.ringbuf_pages * 4096}
+        if self.group is not None:
+            info["cgroup"] = self.group.relative
+        return info
 
     def counters(self) -> dict[str, int]:
-        return {"events": self._events, "lost": self._lost}
+        counts = {"events": self._events, "lost": self._lost}
+        if self._unresolved_reaps:  # reaps inside a pid namespace of a child never met
+            counts["unresolved_reaps"] = self._unresolved_reaps
+        return counts
 
     # -- the traced set ---------------------------------------------------------------------
     def add_process(self, pid: int) -> None:
@@ -123,10 +147,26 @@ class KernelSource(Source):
             procs += procs[0].children(recursive=True)
         except psutil.Error as exc:
             raise SourceUnavailable(f"cannot attach to pid {root}: {exc}") from None
+        return self._follow(procs)
+
+    def add_members(self) -> list[int]:
+        """Follow the processes already in the cgroup (and its subgroups), with their threads:
+        the kernel filter catches them only once they run a traced tracepoint, and a signal sent
+        to one before that would be missed."""
+        procs = []
+        for pid in cg.member_pids(self.group):
+            try:
+                procs.append(psutil.Process(pid))
+            except psutil.Error:
+                pass  # ended since the walk
+        return self._follow(procs)
+
+    def _follow(self, procs: list[psutil.Process]) -> list[int]:
         added = []
         owners = self._bpf[b"thread_owner"]
         for proc in procs:
             self.add_process(proc.pid)
+            self._note_namespace(proc.pid)
             added.append(proc.pid)
             try:
                 for thread in proc.threads():
@@ -135,6 +175,26 @@ class KernelSource(Source):
             except psutil.Error:
                 pass
         return added
+
+    def _fork_ns_pid(self, raw: abi.RawEvent) -> int | None:
+        """The child's pid in its namespace: what clone returned to a parent inside one (the
+        child may be gone already), else procfs's view (a namespace's init, forked from outside
+        it, is 1 there)."""
+        if not raw.code:
+            return self._note_namespace(raw.pid)
+        view = cg.pid_ns_view(raw.other_pid) or cg.pid_ns_view(raw.pid)
+        if view is not None:
+            self._ctx.note_ns_pid(raw.pid, view[0], raw.code)
+        return raw.code
+
+    def _note_namespace(self, pid: int) -> int | None:
+        """Its pid in its own pid namespace when that is not ours (None otherwise), remembered for
+        translating a reap inside that namespace."""
+        view = cg.pid_ns_view(pid)
+        if view is None:
+            return None
+        self._ctx.note_ns_pid(pid, *view)
+        return view[1]
 
     # -- polling ----------------------------------------------------------------------------
     def _poll_loop(self) -> None:
@@ -164,21 +224,35 @@ class KernelSource(Source):
 
     def _on_record(self, _ctx, data, _size) -> int:
         raw = ctypes.cast(data, ctypes.POINTER(abi.RawEvent)).contents
+        if self.group is not None:
+            self._meet_members(raw)
         event = self._decode(raw)
         if event is not None:
             self._events += 1
             self._ctx.emit(event)
         return 0
 
+    def _meet_members(self, raw: abi.RawEvent) -> None:
+        """A cgroup member the kernel met before user space did (the runtime moved it in, or it
+        was forked by one): announce it, so procfs snapshots it."""
+        if raw.kind in _ACTOR_IS_PID:
+            pid = raw.other_pid if raw.kind == abi.OT_FORK else raw.pid
+            if pid and not self._ctx.is_traced(pid):
+                self._ctx.add_traced(pid)
+                self._note_namespace(pid)
+                self._ctx.process_changed(pid, "joined")
+
     def _decode(self, raw: abi.RawEvent) -> ev.Event | None:
         kind, t, ctx = raw.kind, raw.ts, self._ctx
         if kind == abi.OT_FORK:
             thread = bool(raw.flags & abi.OT_F_THREAD)
+            ns_pid = None
             if not thread:
                 ctx.add_traced(raw.pid)
+                ns_pid = self._fork_ns_pid(raw)
                 ctx.process_changed(raw.pid, "new")
             return ev.Fork(t=t, pid=raw.pid, tid=raw.tid, ppid=raw.other_pid, comm=_text(raw.comm2),
-                           thread=thread)
+                           thread=thread, ns_pid=ns_pid)
         if kind == abi.OT_EXEC:
             ctx.process_changed(raw.pid, "exec")
             return ev.Exec(t=t, pid=raw.pid, filename=_text(raw.filename), old_pid=raw.other_pid)
@@ -201,16 +275,38 @@ class KernelSource(Source):
             return ev.OomKill(t=t, pid=raw.pid, comm=_text(raw.comm))
         return None
 
-    def _decode_reap(self, raw: abi.RawEvent) -> ev.Reap:
+    def _decode_reap(self, raw: abi.RawEvent) -> ev.Reap | None:
+        pid = raw.pid
+        if raw.flags & abi.OT_F_NS_PID:
+            pid = self._host_pid_of_reaped(raw.other_pid, raw.pid)
+            if pid is None:
+                self._unresolved_reaps += 1  # counted, never written under a wrong pid
+                return None
+        else:
+            self._ctx.forget_ns_pid(pid)
         known = bool(raw.flags & abi.OT_F_STATUS_KNOWN)
         status = raw.code & 0xFFFF if known else None
         exit_code = signal = None
         core = False
         if status is not None:
             exit_code, signal, core = ev.decode_wait_status(status)
-        return ev.Reap(t=raw.ts, reaper=raw.other_pid, pid=raw.pid, status=status,
+        return ev.Reap(t=raw.ts, reaper=raw.other_pid, pid=pid, status=status,
                        exit_code=exit_code, signal=signal, core_dumped=core,
                        syscall="waitid" if raw.flags & abi.OT_F_WAITID else "wait4")
+
+    def _host_pid_of_reaped(self, reaper: int, ns_pid: int) -> int | None:
+        """The host pid of a child a reaper inside a pid namespace collected by its namespace pid
+        and whose clone the kernel did not see (an orphan handed to a container's init): the
+        process we met with that pid in the reaper's namespace. It stays in the BPF traced set
+        otherwise, where a reused pid would be followed by mistake."""
+        view = cg.pid_ns_view(reaper)
+        host = self._ctx.take_host_pid(view[0], ns_pid) if view else None
+        if host is not None:
+            try:
+                del self._bpf[b"traced"][ctypes.c_uint32(host)]
+            except KeyError:
+                pass
+        return host
 
     def _decode_signal_deliver(self, raw: abi.RawEvent) -> ev.SignalDeliver:
         disposition = ev.disposition_name(raw.handler)
@@ -240,6 +336,11 @@ class KernelSource(Source):
             target_comm=_text(raw.comm), signal=raw.sig, code=raw.code,
             group=bool(raw.flags & abi.OT_F_GROUP),
             result=ev.SIGNAL_RESULTS.get(raw.result, str(raw.result)))
+
+
+# Records whose pid (other_pid for a fork: the parent) is the task that ran the tracepoint.
+_ACTOR_IS_PID = frozenset({abi.OT_FORK, abi.OT_EXEC, abi.OT_EXIT, abi.OT_EXIT_GROUP,
+                           abi.OT_SIGNAL_DLV, abi.OT_RENAME})
 
 
 def _tgid_of(tid: int) -> int:

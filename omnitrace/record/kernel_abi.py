@@ -9,6 +9,7 @@ OT_F_GROUP_DEAD = 0x2
 OT_F_GROUP = 0x4
 OT_F_STATUS_KNOWN = 0x8
 OT_F_WAITID = 0x10
+OT_F_NS_PID = 0x20
 
 
 class RawEvent(ctypes.Structure):
@@ -36,4 +37,5 @@ class RawLost(ctypes.Structure):
 
 
 class RawConfig(ctypes.Structure):
-    _fields_ = [("trace_all", ctypes.c_uint32)]
+    _fields_ = [("trace_all", ctypes.c_uint32), ("cgroup", ctypes.c_uint32),
+                ("host_ns_dev", ctypes.c_uint64), ("host_ns_ino", ctypes.c_uint64)]

@@ -18,6 +18,7 @@ import psutil
 
 from omnitrace import events as ev
 from omnitrace.procstat import is_running, read_stat
+from omnitrace.record.cgroup import cgroup_of, pid_ns_view
 from omnitrace.record.source import RecordContext, Source
 
 DEFAULT_SNAPSHOT_INTERVAL_S = 1.0
@@ -35,10 +36,12 @@ def snapshot(pid: int, reason: str) -> ev.ProcSnapshot | None:
         return _zombie_snapshot(pid, reason)
     except psutil.Error:
         return None
+    view = pid_ns_view(pid)
     return ev.ProcSnapshot(
         t=time.monotonic_ns(), pid=pid, ppid=info["ppid"] or 0, name=info["name"] or "",
         cmdline=info["cmdline"] or [], state=info["status"] or "", create_time=_start_ns(pid),
-        user=info["username"] or "", ports=ports, reason=reason)
+        user=info["username"] or "", ports=ports, reason=reason,
+        ns_pid=view[1] if view else None, cgroup=cgroup_of(pid) or "")
 
 
 def _start_ns(pid: int) -> int | None:

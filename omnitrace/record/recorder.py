@@ -20,6 +20,7 @@ import psutil
 
 from omnitrace import events as ev
 from omnitrace.errors import OmnitraceError
+from omnitrace.record.cgroup import Container, Group, member_pids
 from omnitrace.record.kernel import KernelSource
 from omnitrace.procstat import is_running, read_stat
 from omnitrace.record.procfs import ProcfsSource
@@ -33,6 +34,8 @@ class RecordOptions:
     command: list[str] = field(default_factory=list)
     attach: list[int] = field(default_factory=list)
     trace_all: bool = False
+    cgroup: Group | None = None          # --cgroup / --container: every process in this group
+    container: Container | None = None   # --container: the container the group is
     no_bpf: bool = False
     snapshot_interval_s: float = 1.0
     linger_s: float = 1.0
@@ -65,8 +68,12 @@ class _FinishNow(Exception):
 
 class Recorder:
     def __init__(self, options: RecordOptions):
-        if not options.command and not options.attach and not options.trace_all:
-            raise OmnitraceError("nothing to record: give a command after --, --attach PID or --all")
+        if not (options.command or options.attach or options.trace_all or options.cgroup):
+            raise OmnitraceError("nothing to record: give a command after --, --attach PID, "
+                                 "--cgroup PATH, --container NAME or --all")
+        if options.cgroup and options.no_bpf:
+            raise OmnitraceError(f"{_group_option(options)}: needs the kernel source, and "
+                                 f"--no-bpf turns it off (procfs polling cannot filter by cgroup)")
         self.options = options
         self.ctx = RecordContext(emit=self._emit)
         self.kernel: KernelSource | None = None
@@ -76,6 +83,7 @@ class Recorder:
         self._early: list[ev.Event] = []
         self._signals_seen = 0
         self._child: subprocess.Popen | None = None
+        self._group_had_members = False
 
     # -- events -----------------------------------------------------------------------------
     def _emit(self, event: ev.Event) -> None:
@@ -91,13 +99,16 @@ class Recorder:
         env: dict[str, str] = {}
         fallback_reason = "--no-bpf given" if self.options.no_bpf else None
         if not self.options.no_bpf:
-            kernel = KernelSource(trace_all=self.options.trace_all)
+            kernel = KernelSource(trace_all=self.options.trace_all, group=self.options.cgroup)
             try:
                 env.update(kernel.prepare(self.ctx))
                 self.kernel = kernel
                 self.sources.append(kernel)
             except SourceUnavailable as exc:
                 fallback_reason = str(exc)
+        if fallback_reason and self.options.cgroup:
+            raise OmnitraceError(f"{_group_option(self.options)}: needs the kernel source, which "
+                                 f"cannot run: {fallback_reason}")
         if fallback_reason:
             self._say(f"omnitrace: BPF unavailable ({fallback_reason}); falling back to procfs "
                       f"polling: fork/exit every 20 ms, no signals or exit statuses")
@@ -122,7 +133,8 @@ class Recorder:
         env = {**self._prepare_sources(), **self.options.env}
         header = make_header(self.options.command, {s.name: s.describe() for s in self.sources},
                              recorder_pid=os.getpid(), attach=self.options.attach,
-                             trace_all=self.options.trace_all, **self.options.header)
+                             trace_all=self.options.trace_all, **self._group_header(),
+                             **self.options.header)
         self._writer = TimelineWriter(self.options.output, header)
         _give_to_invoking_user(self.options.output)
         self._writer.extend(self._early)
@@ -152,6 +164,21 @@ class Recorder:
                             processes=len(self.ctx.traced_pids()),
                             lost=sum(c.get("lost", 0) for c in counters.values()),
                             output=self.options.output, ended_by=ended_by)
+
+    def _group_header(self) -> dict:
+        """The recorded cgroup, its members at attach (followed from now on: the kernel filter is
+        live), and the container it is."""
+        if self.options.cgroup is None:
+            return {}
+        pids = self.kernel.add_members()
+        for pid in pids:
+            self.ctx.add_traced(pid)
+        fields = {"cgroup": self.options.cgroup.relative, "cgroup_pids": pids}
+        container = self.options.container
+        if container is not None:
+            fields["container"] = {"name": container.name, "id": container.id,
+                                   "runtime": container.runtime, "pid": container.pid}
+        return fields
 
     def _follow_existing(self, pid: int) -> None:
         if not psutil.pid_exists(pid):
@@ -225,13 +252,25 @@ class Recorder:
 
     def _wait(self) -> int | None:
         if self._child is None:
-            # --attach or --all without a command: until the attached trees end or a signal.
-            while any(_alive(p) for p in self.options.attach) or (
+            # --attach, --cgroup or --all without a command: until the attached trees end, the
+            # group empties (the container stopped), or a signal.
+            while any(_alive(p) for p in self.options.attach) or self._group_lives() or (
                     self.options.trace_all and not self.options.attach):
                 time.sleep(0.1)
             return None
         status = self._child.wait()
         return 128 - status if status < 0 else status
+
+    def _group_lives(self) -> bool:
+        """Whether the recorded group may still have something to show: it has members, or it
+        never had any yet (recording waits for the first)."""
+        group = self.options.cgroup
+        if group is None or self.options.attach:
+            return False
+        if member_pids(group):
+            self._group_had_members = True
+            return True
+        return not self._group_had_members and group.path.is_dir()
 
     def _linger(self) -> None:
         """Give descendants that outlive the command a moment to exit, so a normal teardown
@@ -272,6 +311,12 @@ class Recorder:
                 pass
             return
         raise _FinishNow()
+
+
+def _group_option(options: RecordOptions) -> str:
+    if options.container is not None:
+        return f"--container {options.container.name}"
+    return f"--cgroup {options.cgroup.path}"
 
 
 def _restore_signal_handlers(previous) -> None:

@@ -31,6 +31,8 @@ class RecordContext:
         self._process_listeners: list[Callable[[int, str], None]] = []
         self.root_pid: int | None = None
         self.trace_all = False
+        self._ns_hosts: dict[tuple[int, int], int] = {}  # (pid ns inode, pid there) -> host pid
+        self._ns_keys: dict[int, tuple[int, int]] = {}
 
     def emit(self, event: Event) -> None:
         self._emit(event)
@@ -48,6 +50,26 @@ class RecordContext:
     def is_traced(self, pid: int) -> bool:
         with self._lock:
             return self.trace_all or pid in self._traced
+
+    # Processes in other pid namespaces, as the sources met them: a reaper inside a container
+    # names its child by the namespace's pid, which the kernel source translates back with this.
+    def note_ns_pid(self, host_pid: int, ns_inode: int, ns_pid: int) -> None:
+        with self._lock:
+            self._ns_hosts[(ns_inode, ns_pid)] = host_pid
+            self._ns_keys[host_pid] = (ns_inode, ns_pid)
+
+    def take_host_pid(self, ns_inode: int, ns_pid: int) -> int | None:
+        """The host pid of a process being reaped; forgotten, as its namespace pid is free now."""
+        with self._lock:
+            host = self._ns_hosts.pop((ns_inode, ns_pid), None)
+            self._ns_keys.pop(host, None)
+            return host
+
+    def forget_ns_pid(self, host_pid: int) -> None:
+        with self._lock:
+            key = self._ns_keys.pop(host_pid, None)
+            if key is not None and self._ns_hosts.get(key) == host_pid:
+                del self._ns_hosts[key]
 
     def on_fatal_signal(self, listener: Callable[[int, int], None]) -> None:
         """listener(t_ns, pid) runs when a fatal signal reaches a traced process (the GPU source
