@@ -38,10 +38,11 @@ class Scenario:
     load: bool = False
     refs: list[int] = field(default_factory=list)
     server_url: str | None = None   # from the marks: requests elsewhere are not this scenario's
+    variant: str | None = None      # an input mark's abnormal request (the fault "input")
 
     @property
     def fault(self) -> str:
-        if self.target == "input":
+        if self.variant is not None:
             return "input"
         return "oom" if self.target == "oom" else (signal_name(self.signal) if self.signal else "?")
 
@@ -106,11 +107,12 @@ def _scenario(model, patterns, servers, row_id, start, end, fault, window, refs)
     if fault is None:
         return Scenario(row_id, start, end, None, None, "?", [], server, roles, "marks", refs=refs,
                         server_url=server_url)
-    target = fault.kind if fault.kind in ("oom", "input") else (fault.target or "pattern")
+    target = {"oom": "oom", "input": "serve"}.get(fault.kind) or fault.target or "pattern"
     fault_t = _first_signal_t(model, fault)
     load = _under_load(model, fault_t)
     return Scenario(row_id, start, end, fault_t, fault.signal, target, list(fault.pids), server,
-                    roles, "marks", load=load, refs=[*refs, fault.ref], server_url=server_url)
+                    roles, "marks", load=load, refs=[*refs, fault.ref], server_url=server_url,
+                    variant=(fault.variant or "unknown") if fault.kind == "input" else None)
 
 
 def _first_signal_t(model: Model, fault) -> int:

@@ -25,8 +25,8 @@ DEFECTS = {
                         "not 4xx: the handler raised instead of refusing it",
     "crash-on-bad-input": "a bad chat request reaches the engine and its first stage dies of it "
                           "(answered 500; /health 503 and every later request fails)",
-    "fastapi-error-body": "a bad chat request is refused with FastAPI's {\"detail\": ...} body, "
-                          "not the OpenAI error shape",
+    "fastapi-error-body": "a chat body that is not UTF-8 is refused with FastAPI's {\"detail\": "
+                          "...} body, not the OpenAI error shape (as vLLM 0.32 answers it)",
 }
 
 SLOW_RELEASE_S = 5.0
