@@ -3,6 +3,7 @@
 variant, and `omnitrace matrix run` against the correct testbed and each of its three defects."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -288,3 +289,20 @@ def test_each_defect_fails_exactly_its_rules(tmp_path, defect):
     assert all(r["verdict"] == "pass" for r in scenario["rules"] if r["id"] not in expected)
     texts = " ".join(e["text"] for r in failed.values() for e in r["evidence"])
     assert named in texts, texts
+
+
+# -- the pytest plugin ------------------------------------------------------------------------------
+def test_the_example_suites_input_row_under_record_verifies(tmp_path):
+    env = {**os.environ, "OMNITRACE_SIM_GPU": str(tmp_path / "gpu"), "PYTHONPATH": os.getcwd()}
+    timeline = tmp_path / "run.jsonl"
+    recorded = subprocess.run(
+        [sys.executable, "-m", "omnitrace.cli", "record", "-o", str(timeline), "--",
+         sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "examples/reliability",
+         "-k", "abnormal-input/oversized"], env=env, capture_output=True, text=True, timeout=240)
+    assert recorded.returncode == 0 and "1 passed" in recorded.stdout, recorded.stdout[-3000:]
+    verified = omnitrace("verify", str(timeline), "--json", "-", env=env)
+    (scenario,) = json.loads(verified.stdout)["scenarios"]
+    assert (scenario["id"], scenario["origin"], scenario["fault"]) == (
+        "abnormal-input/oversized", "marks", "input")
+    assert {r["id"]: r["verdict"] for r in scenario["rules"]} == dict.fromkeys(RULES, "pass")
+    assert verified.returncode == 0
