@@ -306,3 +306,12 @@ def test_the_example_suites_input_row_under_record_verifies(tmp_path):
         "abnormal-input/oversized", "marks", "input")
     assert {r["id"]: r["verdict"] for r in scenario["rules"]} == dict.fromkeys(RULES, "pass")
     assert verified.returncode == 0
+
+
+def test_tree_intact_names_a_replacement_beside_the_exit_it_replaced():
+    b = input_row()
+    b.exit(102, FAULT + 0.1, code=1)
+    b.spawn(105, SERVE, STAGE + "_noid_replica0_DP0", FAULT + 0.3)
+    rule = verdicts(b)["tree-intact"]
+    assert rule.verdict == "fail" and rule.measured == 1
+    assert [e.pid for e in rule.evidence] == [102, 105] and "forked at +0.30 s" in rule.evidence[1].text

@@ -94,11 +94,21 @@ def check_tree(ctx: Context) -> Result:
             if t >= ctx.fault_t:
                 broken.append(ctx.cite(f"{proc.label()} replaced its program with {filename} "
                                        f"(exec) at {ctx.at(t)}", t, ref, proc))
+    born = _forked_in_window(ctx)
     if broken:
         return Result(FAIL, len(broken), unit="processes", summary=f"{len(broken)} change(s) to "
-                      "the server's tree after the abnormal request", evidence=broken)
+                      "the server's tree after the abnormal request", evidence=broken + born)
     return Result(PASS, 0, unit="processes", summary=f"all {len(members)} process(es) of the "
-                  f"tree ran on to the window's end {ctx.at(ctx.end)} (no exit, no exec recorded)")
+                  f"tree ran on to the window's end {ctx.at(ctx.end)} (no exit, no exec recorded)",
+                  evidence=born)
+
+
+def _forked_in_window(ctx: Context) -> list[Evidence]:
+    """Context, never a verdict: processes the tree forked after the fault (a replacement for
+    a member that exited shows here beside that exit; a compiler a worker runs, on its own)."""
+    born = [p for p in ctx.scenario.roles.tree if p.start is not None and p.start >= ctx.fault_t]
+    return [ctx.cite(f"{p.label()} forked at {ctx.at(p.start)}, after the fault (context)",
+                     p.start, p.start_ref, p) for p in born]
 
 
 # -- health-stays-up -----------------------------------------------------------------------------
