@@ -23,6 +23,7 @@ from omnitrace.inject.load import (RequestResult, RequestShape, _finish_span, _i
 INPUT_TIMEOUT_S = 30.0      # the client's patience for the bad request: above input_answer_s (10)
 RECOVERY_TIMEOUT_S = 30.0   # = input_recovery_s: a later answer fails the rule anyway
 RECOVERY_SHAPE = RequestShape(max_tokens=16)
+BODY_HEAD = 160             # bytes of a refusal's body kept on its span: enough to show its shape
 
 
 def _start_span(url: str, method: str, path: str, kind: str, extra: dict):
@@ -67,6 +68,9 @@ def send_input(url: str, variant: str, model: str | None, scenario: str | None =
         result, body, span = _request(url, "input", {"omnitrace.input.variant": variant},
                                       bad.method, bad.path, timeout_s, content=bad.body,
                                       headers=bad.headers())
+        if result.status is not None and result.status >= 400:   # the evidence shows the body
+            span.set_attribute("omnitrace.response.body_head",
+                               body[:BODY_HEAD].decode("utf-8", "replace"))
         _finish_span(span, result)
     marks.flush_load()
     marks.flush()

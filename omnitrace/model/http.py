@@ -26,6 +26,7 @@ class Request:
     origin: str = ""         # scheme://host:port of url.full; "" when the span had no full URL
     variant: str | None = None        # an abnormal input's variant (omnitrace.input.variant)
     keyword_found: bool | None = None  # a recovery answer held the row's keyword; None: not checked
+    body_head: str | None = None       # an abnormal request's error body, its first bytes
 
     @property
     def failed(self) -> bool:
@@ -109,4 +110,5 @@ def request_from_span(span: Span, ref: int) -> Request | None:
                    openai_error=bool(openai) if openai is not None else None,
                    source=span.source, ref=ref, origin=url_origin(url),
                    variant=attrs.get("omnitrace.input.variant"),
-                   keyword_found=bool(keyword) if keyword is not None else None)
+                   keyword_found=bool(keyword) if keyword is not None else None,
+                   body_head=attrs.get("omnitrace.response.body_head"))

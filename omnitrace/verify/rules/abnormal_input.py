@@ -27,7 +27,8 @@ def bad_request(ctx: Context) -> Request | None:
 def _answer_line(ctx: Context, r: Request) -> str:
     took = f" after {(r.end - r.t) / 1e9:.3f} s" if r.end is not None else ""
     variant = f" [{r.variant}]" if r.variant else ""
-    return f"{r.describe()}{variant} sent at {ctx.at(r.t)}: {r.outcome()}{took}"
+    body = f", body {r.body_head[:120]!r}" if r.body_head else ""
+    return f"{r.describe()}{variant} sent at {ctx.at(r.t)}: {r.outcome()}{took}{body}"
 
 
 def _unanswered(ctx: Context, r: Request, deadline: int, what: str) -> Result:
