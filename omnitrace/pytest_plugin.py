@@ -6,6 +6,9 @@
         omnitrace_inject.signal("serve", "TERM")
         assert omnitrace_server.wait_gone(90)
 
+    omnitrace_inject.input("malformed-json") sends an abnormal request (fault: input rows),
+    omnitrace_inject.recovery() the valid one after it.
+
 Run under the recorder and verify, with no extra flags:
 
     sudo omnitrace record -o run.jsonl -- pytest tests/reliability --omnitrace-serve 'vllm serve ... --port {port}'
@@ -24,6 +27,7 @@ import os
 import pytest
 
 from omnitrace.inject import marks, oom
+from omnitrace.inject.abnormal import send_input, send_recovery
 from omnitrace.inject.gpu_holders import gpu_held_by
 from omnitrace.inject.load import MIX, Load, RequestResult, RequestShape, discover_model
 from omnitrace.inject.probes import absent_endpoints, probe
@@ -224,6 +228,17 @@ class Injector:
         self.server.faulted = True
         return inject_signal(self.server.pid, target, sig, scenario=self.server.row,
                              server_url=self.server.url, patterns=self.patterns)
+
+    def input(self, variant: str, timeout_s: float = 30.0) -> RequestResult:
+        """Send the abnormal request `variant` (omnitrace/inject/input_variants.py) inside an
+        input mark; returns its answer, a recorded span like any request."""
+        self.server.faulted = True
+        return send_input(self.server.url, variant, self.server.model, scenario=self.server.row,
+                          server_pid=self.server.pid, timeout_s=timeout_s)
+
+    def recovery(self, keyword: str | None = None, timeout_s: float = 30.0):
+        """The next valid chat request: (its answer, whether it held `keyword`; None unasked)."""
+        return send_recovery(self.server.url, self.server.model, keyword, timeout_s)
 
     def oom(self, ratio: float = oom.DEFAULT_RATIO, hold_s: float = 300.0, strict: bool = False):
         """Start the GPU memory hog (every device) and wait for READY; stopped at teardown."""

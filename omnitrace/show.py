@@ -82,7 +82,8 @@ def scenario_windows(model: Model) -> list[dict[str, Any]]:
     """The scenario marks' windows, in seconds, with the faults inside each."""
     secs = lambda t: round((t - model.t0) / 1e9, 6)  # noqa: E731
     return [{"id": w.scenario, "start": secs(w.t), "end": secs(w.end), "faults": [
-                {"fault": fault_name(f), "target": f.target, "pids": f.pids, "time": secs(f.t)}
+                {"fault": fault_name(f), "pids": f.pids, "time": secs(f.t),
+                 "target": f"request {f.variant}" if f.kind == "input" else f.target}
                 for f in faults]}
             for w, faults in marked_windows(model)]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omnitrace.events import signal_name
 from omnitrace.model import Model, Process
-from omnitrace.model.marks import Mark
+from omnitrace.model.marks import FAULT_KINDS, Mark
 from omnitrace.model.process import TERMINATING_SIGNALS, SignalReceipt
 from omnitrace.model.roles import (ENGINE, HELPER, OTHER, SERVE, WORKER, RolePatterns,
                                    assign_roles, find_servers)
@@ -109,7 +109,7 @@ def role_patterns(header: dict, matrix_file: str | None, where: str) -> RolePatt
 
 # --- scenario windows, from the marks ----------------------------------------------------------
 def fault_marks(model: Model) -> list[Mark]:
-    return [m for m in model.marks if m.kind in ("fault", "oom")]
+    return [m for m in model.marks if m.kind in FAULT_KINDS]
 
 
 def marked_windows(model: Model) -> list[tuple[Mark, list[Mark]]]:

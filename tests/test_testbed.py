@@ -292,7 +292,7 @@ def test_a_model_it_does_not_serve_is_404_like_vllm(shared_tb):
                        json={**chat, "model": "default"})
     assert wrong.status_code == 404
     assert wrong.json()["error"] == {"message": "The model `default` does not exist.",
-                                     "type": "NotFoundError", "code": 404}
+                                     "type": "NotFoundError", "param": "model", "code": 404}
     for body in ({**chat, "model": served}, chat):  # the served name, or none at all
         assert httpx.post(f"{shared_tb.url}/v1/chat/completions", json=body,
                           timeout=20).status_code == 200

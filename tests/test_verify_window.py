@@ -87,8 +87,28 @@ def inflight_answered_after_the_window(cleanup: bool):
     return b
 
 
+def input_answered_after_the_window(cleanup: bool):
+    """An abnormal request and the recovery after it are still open at the window's end; after
+    it they are answered 500 and 503, /health turns 503 and the clean-up stops the tree."""
+    row, end = "abnormal-input/malformed-json", FAULT + 4
+    b = server()
+    b.health(3.0, end, 0.5)
+    b.request(FAULT - 1.0, FAULT - 0.9, "chat", status=200)
+    b.mark("scenario", 9.0, end, scenario=row, server_pid=SERVE)
+    b.mark("input", FAULT, FAULT + 0.01, scenario=row, server_pid=SERVE,
+           input_variant="malformed-json")
+    late = end + 0.3 if cleanup else None
+    b.request(FAULT + 0.001, late, "input", status=500 if cleanup else None,
+              attrs={"omnitrace.input.variant": "malformed-json"})
+    b.request(FAULT + 0.5, late, "chat", status=503 if cleanup else None)
+    if cleanup:
+        b.health(end + 0.1, end + 2.0, 0.5, status=503)
+        _cleanup(b, end, [SERVE, TRACKER, *WORKERS])
+    return b
+
+
 RECORDINGS = [hung_sigterm, orphan_after_sigkill, oom_hog_outlives_the_window,
-              inflight_answered_after_the_window]
+              inflight_answered_after_the_window, input_answered_after_the_window]
 
 
 def _decided(b):

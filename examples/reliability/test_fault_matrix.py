@@ -1,4 +1,5 @@
-"""The vLLM-Omni fault-injection matrix (shared/seed/fault-injection-matrix.txt) as a pytest suite.
+"""The vLLM-Omni fault-injection matrix (shared/seed/fault-injection-matrix.txt) as a pytest suite,
+with the rows beyond it (abnormal input, test_input_row).
 
     pytest examples/reliability                                   # against the built-in testbed
     pytest examples/reliability --omnitrace-serve 'vllm serve Qwen/Qwen3-Omni-30B-A3B-Instruct --omni --port {port}'
@@ -21,9 +22,11 @@ from omnitrace.verify.matrix import load_matrix
 MATRIX = load_matrix(None)
 
 
-def rows(*, oom: bool):
+def rows(fault: str):
+    """The rows of one fault kind: "oom", "input" (abnormal input) or "signal" (the rest)."""
+    kind = {"oom": "oom", "input": "input"}
     return [pytest.param(row, id=row.id, marks=pytest.mark.omnitrace(row=row.id))
-            for row in MATRIX.rows if (row.fault == "oom") == oom]
+            for row in MATRIX.rows if kind.get(row.fault, "signal") == fault]
 
 
 def failed(result) -> bool:
@@ -31,7 +34,7 @@ def failed(result) -> bool:
     return probes.failed(result) or result.end_reason == "truncated"
 
 
-@pytest.mark.parametrize("row", rows(oom=False))
+@pytest.mark.parametrize("row", rows("signal"))
 def test_signal_row(row, omnitrace_server, omnitrace_inject, omnitrace_load):
     limits = row.thresholds
     load = None
@@ -63,7 +66,7 @@ def test_signal_row(row, omnitrace_server, omnitrace_inject, omnitrace_load):
         assert not slow, f"requests that failed only after 20 s: {slow}"
 
 
-@pytest.mark.parametrize("row", rows(oom=True))
+@pytest.mark.parametrize("row", rows("oom"))
 def test_oom_row(row, omnitrace_server, omnitrace_inject):
     from omnitrace.inject.probes import probe
 
@@ -80,3 +83,22 @@ def test_oom_row(row, omnitrace_server, omnitrace_inject):
             f"{kind} under OOM answered {result.status or result.end_reason}, expected >= 500"
         assert result.openai_error, f"{kind} under OOM: the error body is not OpenAI-shaped"
     assert omnitrace_server.alive(), "the whole server exited under OOM (#4285)"
+
+
+@pytest.mark.parametrize("row", rows("input"))
+def test_input_row(row, omnitrace_server, omnitrace_inject):
+    """Beyond the seed matrix (vllm-omni tests/dfx/reliability): a bad request gets a 4xx with an
+    OpenAI error body, the server lives on, and the next valid request succeeds."""
+    limits = row.thresholds
+    tree = omnitrace_server.tree_pids()
+    answer = omnitrace_inject.input(row.input, timeout_s=limits["input_recovery_s"])
+    assert answer.status is not None and 400 <= answer.status < 500, \
+        f"{row.input}: answered {answer.status or answer.end_reason}, expected a 4xx"
+    assert answer.duration_s <= limits["input_answer_s"], f"{row.input}: answered too late"
+    assert answer.openai_error, f"{row.input}: the error body is not OpenAI-shaped"
+    assert omnitrace_server.health() == 200, f"/health not 200 after {row.input}"
+    recovered, found = omnitrace_inject.recovery(row.recovery_keyword, limits["input_recovery_s"])
+    assert recovered.end_reason == "completed", f"recovery: {recovered.status or recovered.end_reason}"
+    assert found is not False, f"the recovery answer lacks {row.recovery_keyword!r}"
+    gone = sorted(set(tree) - set(omnitrace_server.alive()))
+    assert not gone, f"processes of the tree gone after {row.input}: {gone}"

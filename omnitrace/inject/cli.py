@@ -12,7 +12,8 @@ from omnitrace.events import signal_name
 
 @click.group()
 def inject() -> None:
-    """Inject a fault: a signal into a server's process tree, or a GPU memory hog."""
+    """Inject a fault: a signal into a server's process tree, a GPU memory hog, or an abnormal
+    request."""
 
 
 @inject.command("signal")
@@ -81,6 +82,69 @@ def oom_cmd(devices: str, ratio: float, strict: bool, hold_s: float) -> None:
     code = run_hog(_devices(devices), ratio, strict, hold_s)
     if code:
         sys.exit(code)
+
+
+# One-line errors (omnitrace: error: ...), naming the option, as for every other bad input.
+def _variant(ctx, param, variant: str) -> str:
+    from omnitrace.errors import OmnitraceError
+    from omnitrace.inject.input_variants import VARIANTS
+    if variant not in VARIANTS:
+        raise OmnitraceError(f"--variant {variant!r}: unknown; one of {', '.join(VARIANTS)}")
+    return variant
+
+
+def _base_url(ctx, param, url: str) -> str:
+    from omnitrace.errors import OmnitraceError
+    if not url.startswith(("http://", "https://")):
+        raise OmnitraceError(f"--url {url!r}: give the server's base URL, e.g. "
+                             "http://127.0.0.1:8000")
+    return url.rstrip("/")
+
+
+@inject.command("input")
+@click.option("--variant", required=True, callback=_variant,
+              help="which abnormal request to send: malformed-json, messages-wrong-type, "
+                   "unknown-model, empty-body, wrong-content-type, invalid-utf8, oversized "
+                   "(docs/matrix-run.md says what each sends)")
+@click.option("--url", required=True, callback=_base_url,
+              help="the server's base URL, e.g. http://127.0.0.1:8000")
+@click.option("--model", default=None, metavar="NAME",
+              help="the model valid parts of the request name  [default: the first of GET "
+                   "/v1/models]")
+@click.option("--recovery/--no-recovery", default=True, show_default=True,
+              help="then send one valid chat request, as the input-recovery rule expects")
+@click.option("--keyword", default=None, help="the recovery answer must contain this word")
+@click.option("--scenario", default=None, help="matrix row id to name in the input mark")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=30.0,
+              show_default=True, help="client timeout of each request, seconds")
+def input_cmd(variant, url, model, recovery, keyword, scenario, timeout_s) -> None:
+    """Send one abnormal request inside an input mark, then (by default) a valid one.
+
+    Exit status: 0 the bad request got a 4xx with an OpenAI error body and the recovery (if
+    sent) a 2xx; 1 otherwise; 2 for bad options or a server that cannot be reached."""
+    from omnitrace.errors import OmnitraceError
+    from omnitrace.inject.abnormal import send_input, send_recovery
+    from omnitrace.inject.load import discover_model
+    model = model or discover_model(url)
+    bad = send_input(url, variant, model, scenario=scenario, timeout_s=timeout_s)
+    if bad.end_reason == "refused":
+        raise OmnitraceError(f"--url {url}: connection refused; is the server running there?")
+    click.echo(f"{variant}: {_outcome(bad)}")
+    ok = bad.status is not None and 400 <= bad.status < 500 and bool(bad.openai_error)
+    if recovery:
+        result, found = send_recovery(url, model, keyword, timeout_s)
+        kw = "" if found is None else f", keyword {keyword!r} {'found' if found else 'missing'}"
+        click.echo(f"recovery: {_outcome(result)}{kw}")
+        ok = ok and result.end_reason == "completed" and found is not False
+    if not ok:
+        raise click.exceptions.Exit(1)
+
+
+def _outcome(result) -> str:
+    body = "" if result.openai_error is None else (
+        ", OpenAI error body" if result.openai_error else ", not an OpenAI error body")
+    answer = f"HTTP {result.status}" if result.status is not None else result.end_reason
+    return f"{answer} after {result.duration_s:.3f} s{body}"
 
 
 @click.command()

@@ -98,6 +98,7 @@ def clean(attributes: dict[str, Any]) -> dict[str, Any]:
 SCENARIO_SPAN = "omnitrace.scenario"
 FAULT_SPAN = "omnitrace.fault"
 OOM_SPAN = "omnitrace.oom"
+INPUT_SPAN = "omnitrace.input"
 
 
 def _common(kind: str, scenario: str | None, server_pid: int | None, server_url: str | None):
@@ -122,6 +123,13 @@ def oom_attributes(pids: list[int], devices: list[int], scenario: str | None = N
     """The span covers the hog's life: from before it allocates until it has released."""
     return {**_common("oom", scenario, server_pid, server_url), "omnitrace.oom.pids": list(pids),
             "omnitrace.oom.devices": list(devices)}
+
+
+def input_attributes(variant: str, scenario: str | None = None, server_pid: int | None = None,
+                     server_url: str | None = None) -> dict[str, Any]:
+    """The span starts right before the abnormal request is sent and ends once it was answered."""
+    return {**_common("input", scenario, server_pid, server_url),
+            "omnitrace.input.variant": variant}
 
 
 def context_from_env() -> dict[str, Any]:

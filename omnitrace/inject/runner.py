@@ -116,9 +116,20 @@ def scenario_command(row: Row, serve: str, port: int, url: str, outcome: Path,
         driver += ["--probe-after", str(row.thresholds["stop_accepting_s"] + 0.5)]
     if "service-unavailable" in row.rules:  # "stays unavailable" must be watched, not assumed
         driver += ["--unavailable-hold", str(row.thresholds["unavailable_hold_s"])]
+    driver += input_args(row)
     recorded_matrix = ["--matrix", matrix_file] if matrix_file else []  # into the header
     return [sys.executable, "-m", "omnitrace.cli", "record", "-o", str(timeline),
             "--health-url", url + "/health", *recorded_matrix, *record_args, "--", *driver]
+
+
+def input_args(row: Row) -> list[str]:
+    """A `fault: input` row's variant, keyword and recovery limit (the recovery's timeout)."""
+    if row.fault != "input":
+        return []
+    args = ["--input", row.input]
+    if "input_recovery_s" in row.thresholds:
+        args += ["--input-recovery", str(row.thresholds["input_recovery_s"])]
+    return args + (["--recovery-keyword", row.recovery_keyword] if row.recovery_keyword else [])
 
 
 def run_row(row: Row, index: int, serve: str, url_template: str, out: Path, progress: Progress,
@@ -287,7 +298,8 @@ def exit_code(report: Report, runs: list[RowRun], rows: list[Row]) -> int:
 def server_left_behind(run: RowRun) -> bool:
     """A serve/all row's server must be gone; on worker and OOM rows a degraded server running on
     is correct, and the clean-up stops it."""
-    return run.row.target in ("serve", "all") and bool(run.outcome.get("leftovers", []) + run.swept)
+    return (run.row.target in ("serve", "all") and run.row.fault != "input"   # input: it lives on
+            and bool(run.outcome.get("leftovers", []) + run.swept))
 
 
 def run_matrix(matrix: Matrix, serve: str | None, url: str | None, glob: str | None,

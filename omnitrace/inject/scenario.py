@@ -25,9 +25,10 @@ from opentelemetry.trace import Status, StatusCode
 
 from omnitrace.errors import OmnitraceError
 from omnitrace.events import signal_name
-from omnitrace.inject import marks, oom, probes
+from omnitrace.inject import abnormal, marks, oom, probes
 from omnitrace.inject.container_serve import ContainerServe
 from omnitrace.inject.gpu_holders import gpu_held_by, open_gpu_backend
+from omnitrace.inject.input_variants import VARIANTS
 from omnitrace.inject.load import (Load, RequestShape, discover_model, kinds_of, request_spec,
                                    summary_table)
 from omnitrace.inject.server import (DownSince, Server, ServerFailed, become_subreaper, child_env,
@@ -64,6 +65,9 @@ class Plan:
     matrix: str | None = None             # whose role patterns pick "worker" (verify reads them too)
     unavailable_hold_s: float = 0.0       # a worker row watches "unavailable" this long before settling
     cidfile: str | None = None            # a container serve writes its id here (the runner's)
+    input: str | None = None              # fault "input": the abnormal request's variant
+    recovery_keyword: str | None = None   # fault "input": the recovery answer must hold it
+    input_recovery_s: float = abnormal.RECOVERY_TIMEOUT_S   # fault "input": the recovery's timeout
 
 
 @dataclass
@@ -161,7 +165,8 @@ class Driver:
     def kinds_used(self) -> tuple[str, ...]:
         p = self.plan
         kinds = list(kinds_of(p.load_kind)) if p.load else []
-        if p.target in ("worker", "gpu") or p.fault == "oom" or p.probe_after_s is not None:
+        if p.target in ("worker", "gpu") or p.fault in ("oom", "input") or \
+                p.probe_after_s is not None:
             kinds.append("chat")
         if p.fault == "oom":
             kinds.append("speech")
@@ -217,6 +222,9 @@ class Driver:
         if p.fault == "oom":
             self.start_hog()
             return
+        if p.fault == "input":
+            self.send_input()
+            return
         fault = inject_signal(self.outcome.server_pid, p.target, p.fault, scenario=p.row,
                               server_url=p.url, patterns=self.patterns)
         self.outcome.fault_pids = fault.pids
@@ -234,6 +242,29 @@ class Driver:
         raise ServerFailed("no request was in flight at the fault: every load request had "
                            "ended; make requests longer (load_settings.max_tokens with ignore_eos)")
 
+    def send_input(self) -> None:
+        """The abnormal request, inside its input mark; answered (or given up on) on return.
+        The client waits as long as the recovery may take: a bad request that hangs past
+        input_answer_s is then seen hanging, not cut short by the client."""
+        p = self.plan
+        result = abnormal.send_input(p.url, p.input, self.model, scenario=p.row,
+                                     server_pid=self.outcome.server_pid,
+                                     timeout_s=p.input_recovery_s)
+        self.note_probes([result])
+
+    def run_recovery(self) -> None:
+        """The next valid request after the abnormal one (the input-recovery rule's evidence)."""
+        try:
+            result, found = abnormal.send_recovery(self.plan.url, self.model,
+                                                   self.plan.recovery_keyword,
+                                                   self.plan.input_recovery_s)
+            self.note_probes([result])
+            if found is not None:
+                self.outcome.probes.append(f"keyword {self.plan.recovery_keyword!r}: "
+                                           f"{'found' if found else 'missing'}")
+        finally:
+            self.probes_done.set()
+
     def start_hog(self) -> None:
         self.hog = oom.start_hog(self.plan.hog_ratio, hold_s=self.plan.observe_s + 30,
                                  scenario=self.plan.row, server_url=self.plan.url,
@@ -246,7 +277,9 @@ class Driver:
         """Poll until the row's outcome is settled (then a short grace) or the window ends."""
         p = self.plan
         watchers = [threading.Thread(target=self.watch_health, daemon=True)]
-        if p.target in ("worker", "gpu") or p.fault == "oom":
+        if p.fault == "input":
+            watchers.append(threading.Thread(target=self.run_recovery, daemon=True))
+        elif p.target in ("worker", "gpu") or p.fault == "oom":
             watchers.append(threading.Thread(target=self.run_probes, daemon=True))
         elif p.probe_after_s is not None:
             watchers.append(threading.Thread(target=self.late_probe, daemon=True))
@@ -269,6 +302,10 @@ class Driver:
         load_done = self.load_thread is None or not self.load_thread.is_alive()
         if not load_done or not self.probes_done.is_set():
             return False
+        if self.plan.fault == "input":
+            # answered and recovered (or not): nothing more is coming. The grace that follows
+            # lets the recorder's probes watch /health after the recovery.
+            return not self.server.zombies()
         # Settled includes reaped: a dead process left a zombie is the outcome still unfolding
         # (a correct parent reaps at once; one that never does must be watched for the window).
         if self.plan.target in ("serve", "all"):
@@ -357,7 +394,7 @@ class Driver:
         # Serve and all rows: anything alive now outlived the window, a leftover. Worker and OOM
         # rows leave a (correctly) degraded server running: stopping it is not a finding, only
         # what survives its SIGTERM is.
-        expected_gone = self.plan.target in ("serve", "all")
+        expected_gone = self.plan.target in ("serve", "all") and self.plan.fault != "input"
         before = [f"{p.pid} {p.name()}" for p in self.server.alive()] if expected_gone else []
         killed = self.server.stop()
         self.outcome.leftovers = before or killed
@@ -380,7 +417,7 @@ def parse(argv: list[str]) -> tuple[Plan, str | None]:
     ap = argparse.ArgumentParser(prog="python -m omnitrace.inject.scenario",
                                  description="Run one matrix row against a server command.")
     ap.add_argument("row")
-    ap.add_argument("--fault", required=True, help="SIGKILL, SIGTERM, SIGINT or oom")
+    ap.add_argument("--fault", required=True, help="SIGKILL, SIGTERM, SIGINT, oom or input")
     ap.add_argument("--target", required=True)
     ap.add_argument("--load", action="store_true")
     ap.add_argument("--observe", type=float, required=True, help="the row's window, seconds")
@@ -404,14 +441,24 @@ def parse(argv: list[str]) -> tuple[Plan, str | None]:
                     help="seconds /health must stay non-2xx before a worker row settles")
     ap.add_argument("--cidfile", default=None,
                     help="a container serve: where its runtime writes the container's id")
+    ap.add_argument("--input", default=None, choices=sorted(VARIANTS),
+                    help="with --fault input: the abnormal request to send")
+    ap.add_argument("--recovery-keyword", default=None,
+                    help="with --fault input: the recovery answer must contain it")
+    ap.add_argument("--input-recovery", type=float, default=Plan.input_recovery_s,
+                    help="with --fault input: seconds the recovery request may take")
     a = ap.parse_args(argv)
+    if (a.fault == "input") != (a.input is not None):
+        ap.error("--fault input and --input VARIANT go together")
     url = (a.url or "http://127.0.0.1:{port}").replace("{port}", str(a.port))
     plan = Plan(a.row, a.fault, a.target, a.load, a.observe, a.serve, a.port, url,
                 startup_timeout_s=a.startup_timeout, load_kind=a.load_kind,
                 load_rate=a.load_rate, load_requests=a.load_requests,
                 load_concurrency=a.load_concurrency, probe_after_s=a.probe_after,
                 shape=RequestShape(a.max_tokens, a.min_tokens, a.ignore_eos),
-                matrix=a.matrix, unavailable_hold_s=a.unavailable_hold, cidfile=a.cidfile)
+                matrix=a.matrix, unavailable_hold_s=a.unavailable_hold, cidfile=a.cidfile,
+                input=a.input, recovery_keyword=a.recovery_keyword,
+                input_recovery_s=a.input_recovery)
     return plan, a.report
 
 

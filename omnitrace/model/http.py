@@ -24,6 +24,9 @@ class Request:
     source: str
     ref: int
     origin: str = ""         # scheme://host:port of url.full; "" when the span had no full URL
+    variant: str | None = None        # an abnormal input's variant (omnitrace.input.variant)
+    keyword_found: bool | None = None  # a recovery answer held the row's keyword; None: not checked
+    body_head: str | None = None       # an abnormal request's error body, its first bytes
 
     @property
     def failed(self) -> bool:
@@ -37,6 +40,11 @@ class Request:
         """An error beyond the status: error.type that only repeats the status code is none."""
         return self.error_type is not None and (self.status is None
                                                 or self.error_type != str(self.status))
+
+    @property
+    def cut(self) -> bool:
+        """The exchange ended in a connection error (before or after a status)."""
+        return self._cut
 
     @property
     def succeeded(self) -> bool:
@@ -95,8 +103,12 @@ def request_from_span(span: Span, ref: int) -> Request | None:
     status = attrs.get("http.response.status_code")
     end = span.end if span.end and span.end >= span.t else None
     openai = attrs.get("omnitrace.response.openai_error")
+    keyword = attrs.get("omnitrace.response.keyword_found")
     return Request(t=span.t, end=end, kind=_kind(path, attrs), method=str(method or "GET"),
                    path=path, status=int(status) if status is not None else None,
                    error_type=attrs.get("error.type"),
                    openai_error=bool(openai) if openai is not None else None,
-                   source=span.source, ref=ref, origin=url_origin(url))
+                   source=span.source, ref=ref, origin=url_origin(url),
+                   variant=attrs.get("omnitrace.input.variant"),
+                   keyword_found=bool(keyword) if keyword is not None else None,
+                   body_head=attrs.get("omnitrace.response.body_head"))

@@ -7,6 +7,8 @@ The convention (docs/marks.md is the reference for emitters):
   fault:  omnitrace.fault.signal (name or number), omnitrace.fault.target (worker|serve|all|pattern),
           omnitrace.fault.pids (the pids signalled, in order); span start = injection time
   oom:    omnitrace.oom.pids (the hog processes), omnitrace.oom.devices; span = hog alive
+  input:  omnitrace.input.variant (an abnormal request, omnitrace/inject/input_variants.py);
+          span = from just before the bad request is sent until it was answered
 """
 from __future__ import annotations
 
@@ -23,12 +25,14 @@ FAULT_TARGET = "omnitrace.fault.target"
 FAULT_PIDS = "omnitrace.fault.pids"
 OOM_PIDS = "omnitrace.oom.pids"
 OOM_DEVICES = "omnitrace.oom.devices"
-MARK_KINDS = ("scenario", "fault", "oom")
+INPUT_VARIANT = "omnitrace.input.variant"
+MARK_KINDS = ("scenario", "fault", "oom", "input")
+FAULT_KINDS = ("fault", "oom", "input")     # the marks that say what was injected, and when
 
 
 @dataclass(slots=True)
 class Mark:
-    kind: str                 # scenario | fault | oom
+    kind: str                 # scenario | fault | oom | input
     t: int
     end: int
     scenario: str | None
@@ -39,6 +43,7 @@ class Mark:
     pids: list[int] = field(default_factory=list)
     devices: list[int] = field(default_factory=list)
     ref: int = -1
+    variant: str | None = None   # input marks: which abnormal request was sent
 
 
 def _int_list(value) -> list[int]:
@@ -71,4 +76,5 @@ def mark_from_span(span: Span, ref: int) -> Mark | None:
                 server_pid=int(server_pid) if server_pid not in (None, "") else None,
                 server_url=attrs.get(SERVER_URL), signal=signal, target=attrs.get(FAULT_TARGET),
                 pids=_int_list(attrs.get(FAULT_PIDS) if kind == "fault" else attrs.get(OOM_PIDS)),
-                devices=_int_list(attrs.get(OOM_DEVICES)), ref=ref)
+                devices=_int_list(attrs.get(OOM_DEVICES)), ref=ref,
+                variant=attrs.get(INPUT_VARIANT) if kind == "input" else None)

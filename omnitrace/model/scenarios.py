@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from omnitrace.events import signal_name
+from omnitrace.model.marks import FAULT_KINDS
 from omnitrace.model.model import Model
 from omnitrace.model.process import Process
 from omnitrace.model.roles import SERVE, Roles, RolePatterns, assign_roles, find_servers
@@ -37,9 +38,12 @@ class Scenario:
     load: bool = False
     refs: list[int] = field(default_factory=list)
     server_url: str | None = None   # from the marks: requests elsewhere are not this scenario's
+    variant: str | None = None      # an input mark's abnormal request (the fault "input")
 
     @property
     def fault(self) -> str:
+        if self.variant is not None:
+            return "input"
         return "oom" if self.target == "oom" else (signal_name(self.signal) if self.signal else "?")
 
     def targets(self) -> list[Process]:
@@ -56,7 +60,7 @@ def find_scenarios(model: Model, patterns: RolePatterns, observe_for: ObserveFor
                    ) -> list[Scenario]:
     observe_for = observe_for or (lambda row_id: None)
     servers = find_servers(model, patterns)
-    if any(m.kind == "scenario" or m.kind in ("fault", "oom") for m in model.marks):
+    if any(m.kind == "scenario" or m.kind in FAULT_KINDS for m in model.marks):
         scenarios = _from_marks(model, patterns, servers, observe_for)
     else:
         scenarios = _detected(model, patterns, servers, observe_for)
@@ -66,7 +70,7 @@ def find_scenarios(model: Model, patterns: RolePatterns, observe_for: ObserveFor
 # --- from marks -----------------------------------------------------------------------------------
 def _from_marks(model, patterns, servers, observe_for) -> list[Scenario]:
     windows = [m for m in model.marks if m.kind == "scenario"]
-    faults = [m for m in model.marks if m.kind in ("fault", "oom")]
+    faults = [m for m in model.marks if m.kind in FAULT_KINDS]
     used: set[int] = set()
     scenarios = []
     for window in windows:
@@ -80,7 +84,8 @@ def _from_marks(model, patterns, servers, observe_for) -> list[Scenario]:
     # a fault mark with no scenario mark around it: observe it for its row's window
     loose = sorted((f for f in faults if id(f) not in used), key=lambda f: f.t)
     for n, fault in enumerate(loose):
-        row_id = fault.scenario or _guess_id(fault.signal, fault.target, fault.kind)
+        row_id = fault.scenario or _guess_id(fault.signal, fault.target, fault.kind,
+                                             variant=fault.variant)
         end = fault.t + int((observe_for(row_id) or DEFAULT_OBSERVE_S) * 1e9)
         if n + 1 < len(loose):
             end = min(end, loose[n + 1].t)
@@ -102,11 +107,12 @@ def _scenario(model, patterns, servers, row_id, start, end, fault, window, refs)
     if fault is None:
         return Scenario(row_id, start, end, None, None, "?", [], server, roles, "marks", refs=refs,
                         server_url=server_url)
-    target = "oom" if fault.kind == "oom" else (fault.target or "pattern")
+    target = {"oom": "oom", "input": "serve"}.get(fault.kind) or fault.target or "pattern"
     fault_t = _first_signal_t(model, fault)
     load = _under_load(model, fault_t)
     return Scenario(row_id, start, end, fault_t, fault.signal, target, list(fault.pids), server,
-                    roles, "marks", load=load, refs=[*refs, fault.ref], server_url=server_url)
+                    roles, "marks", load=load, refs=[*refs, fault.ref], server_url=server_url,
+                    variant=(fault.variant or "unknown") if fault.kind == "input" else None)
 
 
 def _first_signal_t(model: Model, fault) -> int:
@@ -137,9 +143,12 @@ def _under_load(model: Model, t: int) -> bool:
                for r in model.requests)
 
 
-def _guess_id(signal: int | None, target: str | None, kind: str, load: bool = False) -> str:
+def _guess_id(signal: int | None, target: str | None, kind: str, load: bool = False,
+              variant: str | None = None) -> str:
     if kind == "oom":
         return OOM_ROW
+    if kind == "input":
+        return f"abnormal-input/{variant or 'unknown'}"
     fault = signal_name(signal).lower() if signal else "signal"
     return f"{'under-load' if load else 'no-load'}/{fault}/{target or 'pattern'}"
 

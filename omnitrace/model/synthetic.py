@@ -72,11 +72,14 @@ class TimelineBuilder:
         return self.add(GpuProcess(ns(t), device, pid, int(used_gib * (1 << 30))))
 
     # --- HTTP and marks -------------------------------------------------------------------------
-    def request(self, t, end, kind="chat", status=None, error=None, openai=None, source="otlp"):
+    def request(self, t, end, kind="chat", status=None, error=None, openai=None, source="otlp",
+                attrs=None):
         paths = {"health": ("GET", "/health"), "chat": ("POST", "/v1/chat/completions"),
+                 "input": ("POST", "/v1/chat/completions"),
                  "chat-stream": ("POST", "/v1/chat/completions"), "speech": ("POST", "/v1/audio/speech")}
         method, path = paths.get(kind, ("GET", "/"))
-        attrs = {"http.request.method": method, "url.path": path, "omnitrace.request.kind": kind}
+        attrs = {"http.request.method": method, "url.path": path, "omnitrace.request.kind": kind,
+                 **(attrs or {})}
         if status is not None:
             attrs["http.response.status_code"] = status
         if error is not None:

@@ -109,7 +109,8 @@ def _cut_signal(receipt, end: int):
 
 def _still_open(request: Request) -> Request:
     """A request answered after the window's end had no answer yet at its end."""
-    return replace(request, end=None, status=None, error_type=None, openai_error=None)
+    return replace(request, end=None, status=None, error_type=None, openai_error=None,
+                   keyword_found=None, body_head=None)
 
 
 def _cut_gpu(gpu: GpuUsage, end: int) -> GpuUsage:

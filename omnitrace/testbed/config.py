@@ -20,6 +20,13 @@ DEFECTS = {
     "zombie-stage": "a dead stage is never reaped: it stays a zombie while the server lives",
     "stale-health": "/health stays 200 after a stage died (requests still fail)",
     "hang-on-stage-death": "in-flight requests are not failed when a stage dies: they hang (#3683)",
+    # abnormal input (the matrix's abnormal-input/* rows; omnitrace/testbed/bad_input.py)
+    "500-on-bad-input": "a bad chat request (malformed JSON, wrong types, ...) is answered 500, "
+                        "not 4xx: the handler raised instead of refusing it",
+    "crash-on-bad-input": "a bad chat request reaches the engine and its first stage dies of it "
+                          "(answered 500; /health 503 and every later request fails)",
+    "fastapi-error-body": "a chat body that is not UTF-8 is refused with FastAPI's {\"detail\": "
+                          "...} body, not the OpenAI error shape (as vLLM 0.32 answers it)",
 }
 
 SLOW_RELEASE_S = 5.0

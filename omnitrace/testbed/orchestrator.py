@@ -135,6 +135,10 @@ class Orchestrator:
             for i in req.route:
                 self._send(i, ("abort", req.rid))
 
+    def crash_stage(self, message: str) -> None:
+        """crash-on-bad-input: hand a bad request to the first stage, which dies of it."""
+        self._send(0, ("crash", message))
+
     def fail_all(self, status: int, message: str) -> None:
         for req in list(self.requests.values()):
             self.abort(req)

@@ -24,7 +24,7 @@ from fastapi import FastAPI, Request as HttpRequest
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
-from omnitrace.testbed import logs
+from omnitrace.testbed import bad_input, logs
 from omnitrace.testbed.config import TestbedConfig
 from omnitrace.testbed.orchestrator import EngineUnavailable, Orchestrator, Request
 
@@ -132,9 +132,10 @@ def build_app(config: TestbedConfig, orch: Orchestrator) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(http: HttpRequest):
         endpoint = "/v1/chat/completions"
-        body = await http.json()
-        if refused := unknown_model(endpoint, body):
-            return refused
+        body = await bad_input.read_chat_body(http, config.model, config.defects, orch.crash_stage)
+        if isinstance(body, Response):   # refused as vLLM refuses it (bad_input.py)
+            finish(endpoint, body.status_code)
+            return body
         modalities = body.get("modalities") or ["text"]
         audio = "audio" in modalities
         if audio and config.topology != "qwen3-omni":

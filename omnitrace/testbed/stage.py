@@ -7,6 +7,7 @@ when an OOM hog has filled the device the step fails like a CUDA OOM would.
 
 Messages in:   ("submit", rid, n)  produce n items | ("submit", rid, None)  transform fed items
                ("feed", rid, item) | ("end", rid) | ("abort", rid) | ("shutdown",)
+               ("crash", message)  (crash-on-bad-input: exit 1 as an engine that died of a request)
 Messages out:  ("ready", pid) | ("item", rid, item) | ("done", rid) | ("error", rid, message)
                ("oom", message) | ("mem_ok",) | ("fatal", message)
 """
@@ -97,6 +98,9 @@ class StageEngine:
             kind, *args = self.conn.recv()
             if kind == "shutdown":
                 raise SystemExit(0)
+            if kind == "crash":   # the crash-on-bad-input defect: a request the engine dies of
+                log.error("EngineCore encountered an issue: %s", args[0])
+                raise SystemExit(1)
             rid = args[0]
             if kind == "submit":
                 self.work[rid] = Work(args[1])

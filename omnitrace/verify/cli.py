@@ -91,9 +91,12 @@ def show(matrix_file, as_json):
         used = sorted({k for rule in r.rules for k in _rule_keys(rule)})
         limits = ", ".join(f"{k}={r.thresholds[k]:g}" for k in used)
         issues = f"  [{', '.join(r.issues)}]" if r.issues else ""
-        click.echo(f"\n{r.id}  (load={'yes' if r.load else 'no'}, fault={r.fault}, "
+        variant = f", input={r.input}" if r.input else ""
+        click.echo(f"\n{r.id}  (load={'yes' if r.load else 'no'}, fault={r.fault}{variant}, "
                    f"target={r.target}, observe {r.observe_s:g} s){issues}")
         click.echo(f"  {r.behaviour}")
+        if r.source:
+            click.echo(f"  source: {r.source}")
         click.echo(f"  rules: {', '.join(r.rules)}")
         click.echo(f"  thresholds: {limits}")
 

@@ -53,7 +53,8 @@ def _check_scenario(model: Model, matrix: Matrix, scenario: Scenario) -> Scenari
                                         INCONCLUSIVE, None, None, "", f"no row {scenario.id!r} in "
                                         f"matrix {matrix.name}: nothing to check it against", []))
         return report
-    ctx = Context(Window(model, scenario), row.thresholds)   # every rule decides from the window
+    ctx = Context(Window(model, scenario), row.thresholds,   # every rule decides from the window
+                  {"recovery_keyword": row.recovery_keyword})
     for rule_id in row.rules:
         rule = RULES[rule_id]
         result = _precheck(model, scenario, rule) or _check(ctx, rule)
@@ -94,7 +95,9 @@ def _precheck(model: Model, scenario: Scenario, rule: Rule) -> Result | None:
 
 
 def _verdict(rule: Rule, row: Row, result: Result) -> RuleVerdict:
-    threshold = result.threshold if result.threshold is not None else row.thresholds.get(rule.thresholds[0])
+    threshold = result.threshold
+    if threshold is None and rule.thresholds:   # a rule may hold for the whole window, no limit
+        threshold = row.thresholds.get(rule.thresholds[0])
     measured = None if result.measured is None else round(result.measured, 6)
     return RuleVerdict(rule.id, rule.title, result.verdict, measured, threshold, result.unit,
                        result.summary, result.evidence)

@@ -27,7 +27,9 @@ from omnitrace.verify.rules import RULES, THRESHOLD_KEYS
 BUILTIN = "vllm-omni"
 TARGETS = ("worker", "serve", "all", "pattern", "gpu")
 ROW_KEYS = {"id", "load", "fault", "target", "pattern", "observe_s", "behaviour", "issues",
-            "thresholds", "rules"}
+            "thresholds", "rules", "input", "recovery_keyword", "source"}
+# `fault: input` rows send one abnormal request (`input:` names it) instead of a signal
+INPUT_FAULT = "input"
 TOP_KEYS = {"matrix", "description", "extends", "patterns", "thresholds", "load_settings", "rows"}
 # How the runner's load and probes shape their requests (docs/matrix-run.md): key -> (type, minimum)
 LOAD_SETTINGS = {"max_tokens": (int, 1), "min_tokens": (int, 0), "ignore_eos": (bool, None),
@@ -52,10 +54,13 @@ class Row:
     behaviour: str = ""
     issues: list[str] = field(default_factory=list)
     pattern: str | None = None
+    input: str | None = None             # fault: input rows: the variant sent
+    recovery_keyword: str | None = None  # fault: input rows: the recovery answer must contain it
+    source: str | None = None            # where a row beyond the seed document comes from
 
     @property
     def signal(self) -> int | None:
-        return None if self.fault == "oom" else signal_number(self.fault)
+        return None if self.fault in ("oom", INPUT_FAULT) else signal_number(self.fault)
 
 
 @dataclass
@@ -128,10 +133,14 @@ def to_document(matrix: Matrix) -> dict[str, Any]:
 
 def row_entry(row: Row) -> dict[str, Any]:
     """A row's fields as a document holds them (`matrix show --json` prints these)."""
-    return {"id": row.id, "load": row.load, "fault": row.fault, "target": row.target,
-            "observe_s": row.observe_s, "rules": list(row.rules),
-            "thresholds": dict(row.thresholds), "behaviour": row.behaviour,
-            "issues": list(row.issues)}
+    entry = {"id": row.id, "load": row.load, "fault": row.fault, "target": row.target,
+             "observe_s": row.observe_s, "rules": list(row.rules),
+             "thresholds": dict(row.thresholds), "behaviour": row.behaviour,
+             "issues": list(row.issues)}
+    for key in ("input", "recovery_keyword", "source"):   # only rows beyond the seed carry them
+        if getattr(row, key) is not None:
+            entry[key] = getattr(row, key)
+    return entry
 
 
 def from_header(entry: Any, where: str) -> Matrix:
@@ -308,13 +317,15 @@ def _row(raw: dict, defaults: dict[str, float]) -> Row:
     if not isinstance(raw["load"], bool):
         check.fail(path + ["load"], f"must be true or false, got {raw['load']!r}")
     fault = raw["fault"]
-    if str(fault).lower() == "oom":
-        fault = "oom"
+    if str(fault).lower() in ("oom", INPUT_FAULT):
+        fault = str(fault).lower()
     else:
         try:
             fault = signal_name(signal_number(fault))
         except (ValueError, AttributeError):
-            check.fail(path + ["fault"], f"must be a signal (SIGKILL, TERM, 9) or oom, got {fault!r}")
+            check.fail(path + ["fault"], f"must be a signal (SIGKILL, TERM, 9), oom or input, "
+                       f"got {fault!r}")
+    _input_keys(check, path, raw, fault)
     if raw["target"] not in TARGETS:
         check.fail(path + ["target"], f"must be one of {', '.join(TARGETS)}, got {raw['target']!r}")
     if raw["target"] == "pattern" and not isinstance(raw.get("pattern"), str):
@@ -334,4 +345,28 @@ def _row(raw: dict, defaults: dict[str, float]) -> Row:
     return Row(id=raw["id"], load=raw["load"], fault=fault, target=raw["target"], rules=rules,
                thresholds=thresholds, observe_s=float(observe), behaviour=str(raw.get("behaviour", "")),
                issues=check.strings(path + ["issues"], raw.get("issues") or []),
-               pattern=raw.get("pattern"))
+               pattern=raw.get("pattern"), input=raw.get("input"),
+               recovery_keyword=raw.get("recovery_keyword"), source=_source(check, path, raw))
+
+
+def _source(check: _Checker, path: list, raw: dict) -> str | None:
+    if "source" in raw and not isinstance(raw["source"], str):
+        check.fail(path + ["source"], f"must be a string, got {raw['source']!r}")
+    return raw.get("source")
+
+
+def _input_keys(check: _Checker, path: list, raw: dict, fault: str) -> None:
+    """`input:` names a known variant on `fault: input` rows and only there;
+    `recovery_keyword:` is a non-empty string."""
+    from omnitrace.inject.input_variants import VARIANTS   # plain data, no heavy imports
+    if fault != INPUT_FAULT:
+        for key in ("input", "recovery_keyword"):
+            if key in raw:
+                check.fail(path + [key], "only a `fault: input` row takes this key")
+        return
+    if raw.get("input") not in VARIANTS:
+        check.fail(path + ["input"], f"fault: input needs `input:` one of {', '.join(VARIANTS)}, "
+                   f"got {raw.get('input')!r}")
+    keyword = raw.get("recovery_keyword")
+    if keyword is not None and (not isinstance(keyword, str) or not keyword):
+        check.fail(path + ["recovery_keyword"], f"must be a non-empty string, got {keyword!r}")

@@ -1,11 +1,13 @@
 """The rules, one module per family; RULES maps a rule id (as the matrix names it) to its Rule."""
-from omnitrace.verify.rules import (cleanup_order, gpu_released, graceful, inflight, oom, residue,
-                                    service_unavailable, stop_accepting, target_exits, zombies)
+from omnitrace.verify.rules import (abnormal_input, cleanup_order, gpu_released, graceful, inflight,
+                                    oom, residue, service_unavailable, stop_accepting, target_exits,
+                                    zombies)
 from omnitrace.verify.rules.base import FAIL, INCONCLUSIVE, PASS, Context, Evidence, Result, Rule
 
 RULES: dict[str, Rule] = {m.RULE.id: m.RULE for m in (
     target_exits, graceful, cleanup_order, residue, zombies, gpu_released, service_unavailable,
     inflight, stop_accepting, oom)}
+RULES.update({rule.id: rule for rule in abnormal_input.RULES})   # a family of four in one module
 
 
 

@@ -60,6 +60,7 @@ class Context:
     window's end decides a verdict. `after_window` may add what came later, marked as such."""
     window: Window
     thresholds: dict[str, float]
+    options: dict = field(default_factory=dict)   # the row's non-numeric settings (recovery_keyword)
 
     @property
     def model(self) -> Model:
