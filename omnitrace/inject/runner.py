@@ -24,6 +24,7 @@ import psutil
 
 from omnitrace.errors import OmnitraceError
 from omnitrace.inject.server import become_subreaper, free_port
+from omnitrace.inject.supervise import DEFAULT_STARTSECS
 from omnitrace.timeline import TimelineError, read_timeline
 from omnitrace.verify.engine import verify_timeline
 from omnitrace.verify.matrix import BUILTIN, Matrix, Row
@@ -112,9 +113,28 @@ def scenario_command(row: Row, serve: str, port: int, url: str, outcome: Path,
         driver += ["--probe-after", str(row.thresholds["stop_accepting_s"] + 0.5)]
     if "service-unavailable" in row.rules:  # "stays unavailable" must be watched, not assumed
         driver += ["--unavailable-hold", str(row.thresholds["unavailable_hold_s"])]
+    driver += supervise_args(row)
     recorded_matrix = ["--matrix", matrix_file] if matrix_file else []  # into the header
     return [sys.executable, "-m", "omnitrace.cli", "record", "-o", str(timeline),
             "--health-url", url + "/health", *recorded_matrix, *record_args, "--", *driver]
+
+
+def supervise_args(row: Row) -> list[str]:
+    """The driver's flags for a `supervise:` row: supervisord's settings, and the recovery limit
+    after which a server that did not come back has settled."""
+    if row.supervise is None:
+        return []
+    args = ["--supervise"] + [f"--{key}={value}" for key, value in row.supervise.items()]
+    if "recovery_s" in row.thresholds:
+        args.append(f"--recovery-limit={row.thresholds['recovery_s']}")
+    return args
+
+
+def row_bound_s(row: Row, startup_timeout_s: float) -> float:
+    """A row's hard bound: start-up, the window, the slack; a supervised row first waits for
+    supervisord to count its server started (startsecs)."""
+    startsecs = (row.supervise or {}).get("startsecs", DEFAULT_STARTSECS) if row.supervise is not None else 0
+    return startup_timeout_s + startsecs + row.observe_s + ROW_SLACK_S
 
 
 def run_row(row: Row, index: int, serve: str, url_template: str, out: Path, progress: Progress,
@@ -128,7 +148,7 @@ def run_row(row: Row, index: int, serve: str, url_template: str, out: Path, prog
     argv = scenario_command(row, serve, port, url, outcome_path, record_args, run.timeline,
                             load_settings, matrix_file, startup_timeout_s)
     t0 = time.monotonic()
-    bound = startup_timeout_s + row.observe_s + ROW_SLACK_S
+    bound = row_bound_s(row, startup_timeout_s)
     log = open(out / f"{slug}.log", "w")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.PIPE, text=True)
     phase = {"now": "recording"}

@@ -92,7 +92,8 @@ def show(matrix_file, as_json):
         limits = ", ".join(f"{k}={r.thresholds[k]:g}" for k in used)
         issues = f"  [{', '.join(r.issues)}]" if r.issues else ""
         click.echo(f"\n{r.id}  (load={'yes' if r.load else 'no'}, fault={r.fault}, "
-                   f"target={r.target}, observe {r.observe_s:g} s){issues}")
+                   f"target={r.target}{', supervised' if r.supervise is not None else ''}, "
+                   f"observe {r.observe_s:g} s){issues}")
         click.echo(f"  {r.behaviour}")
         click.echo(f"  rules: {', '.join(r.rules)}")
         click.echo(f"  thresholds: {limits}")

@@ -27,7 +27,10 @@ from omnitrace.verify.rules import RULES, THRESHOLD_KEYS
 BUILTIN = "vllm-omni"
 TARGETS = ("worker", "serve", "all", "pattern", "gpu")
 ROW_KEYS = {"id", "load", "fault", "target", "pattern", "observe_s", "behaviour", "issues",
-            "thresholds", "rules"}
+            "thresholds", "rules", "supervise"}
+# `supervise:` (a row's server runs under supervisord, docs/matrix-run.md): true, or these
+# settings of supervisord's program section -> (type, minimum)
+SUPERVISE_KEYS = {"startsecs": (float, 0), "startretries": (int, 0)}
 TOP_KEYS = {"matrix", "description", "extends", "patterns", "thresholds", "load_settings", "rows"}
 # How the runner's load and probes shape their requests (docs/matrix-run.md): key -> (type, minimum)
 LOAD_SETTINGS = {"max_tokens": (int, 1), "min_tokens": (int, 0), "ignore_eos": (bool, None),
@@ -52,6 +55,7 @@ class Row:
     behaviour: str = ""
     issues: list[str] = field(default_factory=list)
     pattern: str | None = None
+    supervise: dict | None = None   # None: not supervised; else SUPERVISE_KEYS settings it sets
 
     @property
     def signal(self) -> int | None:
@@ -128,10 +132,13 @@ def to_document(matrix: Matrix) -> dict[str, Any]:
 
 def row_entry(row: Row) -> dict[str, Any]:
     """A row's fields as a document holds them (`matrix show --json` prints these)."""
-    return {"id": row.id, "load": row.load, "fault": row.fault, "target": row.target,
-            "observe_s": row.observe_s, "rules": list(row.rules),
-            "thresholds": dict(row.thresholds), "behaviour": row.behaviour,
-            "issues": list(row.issues)}
+    entry = {"id": row.id, "load": row.load, "fault": row.fault, "target": row.target,
+             "observe_s": row.observe_s, "rules": list(row.rules),
+             "thresholds": dict(row.thresholds), "behaviour": row.behaviour,
+             "issues": list(row.issues)}
+    if row.supervise is not None:   # only when set: the digests of unsupervised rows stay as they were
+        entry["supervise"] = dict(row.supervise) or True
+    return entry
 
 
 def from_header(entry: Any, where: str) -> Matrix:
@@ -334,4 +341,20 @@ def _row(raw: dict, defaults: dict[str, float]) -> Row:
     return Row(id=raw["id"], load=raw["load"], fault=fault, target=raw["target"], rules=rules,
                thresholds=thresholds, observe_s=float(observe), behaviour=str(raw.get("behaviour", "")),
                issues=check.strings(path + ["issues"], raw.get("issues") or []),
-               pattern=raw.get("pattern"))
+               pattern=raw.get("pattern"), supervise=_supervise(check, path, raw.get("supervise")))
+
+
+def _supervise(check: _Checker, path: list, value) -> dict | None:
+    """`supervise: true | false | {startsecs: S, startretries: N}` -> None or its settings."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    check.keys(path + ["supervise"], value, SUPERVISE_KEYS)
+    for key, setting in value.items():
+        kind, minimum = SUPERVISE_KEYS[key]
+        if isinstance(setting, bool) or not isinstance(setting, (int, float)) or (
+                kind is int and not isinstance(setting, int)) or setting < minimum:
+            check.fail(path + ["supervise", key], f"must be {'an integer' if kind is int else 'a number'}"
+                       f" >= {minimum}, got {setting!r}")
+    return dict(value)

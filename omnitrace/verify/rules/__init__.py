@@ -7,6 +7,10 @@ RULES: dict[str, Rule] = {m.RULE.id: m.RULE for m in (
     target_exits, graceful, cleanup_order, residue, zombies, gpu_released, service_unavailable,
     inflight, stop_accepting, oom)}
 
+# Recovery under a supervisor: one module of three rules (docs/verify.md)
+from omnitrace.verify.rules import recovery  # noqa: E402
+RULES.update({rule.id: rule for rule in recovery.RULES})
+
 
 
 def http_rules(rule_ids) -> list[str]:
