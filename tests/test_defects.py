@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from omnitrace.testbed import config as testbed_config
+from omnitrace.verify.matrix import load_matrix
 from tests.harness import matrix_run
 
 SHORT = Path(__file__).parent / "data" / "short-windows.yaml"
@@ -37,6 +38,10 @@ DEFECTS = {
     "zombie-stage": ("no-load/sigkill/worker", {"no-zombies"}, STAGE),
     "stale-health": ("no-load/sigkill/worker", {"service-unavailable"}, "HTTP 200"),
     "hang-on-stage-death": ("under-load/sigkill/worker", {"inflight-fail-fast"}, "chat"),
+    # the orphaned stage 0 keeps 85 % of GPU 0: supervisord's restarts fail at start-up (FATAL)
+    # and first-request-recovers has no recovery to judge (inconclusive)
+    "orphan-keeps-device": ("recovery/sigkill/serve", {"old-incarnation-gone", "recovers-within"},
+                            STAGE),
 }
 
 
@@ -74,6 +79,6 @@ def test_defect_fails_exactly_the_rules_it_breaks(tmp_path, defect):
 @pytest.mark.timeout(1200)   # 15 rows: over 300 s with both cores busy (a guard, not a bound)
 def test_the_correct_testbed_passes_the_tightened_matrix(tmp_path):
     cli, report = short_matrix_run(tmp_path, TESTBED, "*")
-    assert len(report["scenarios"]) == 15
+    assert len(report["scenarios"]) == len(load_matrix(SHORT).rows)
     failed = [(s["id"], r["id"]) for s in report["scenarios"] for r in s["rules"] if r["verdict"] == "fail"]
     assert not failed and cli.returncode == 0, cli.stdout[-4000:]

@@ -20,7 +20,13 @@ DEFECTS = {
     "zombie-stage": "a dead stage is never reaped: it stays a zombie while the server lives",
     "stale-health": "/health stays 200 after a stage died (requests still fail)",
     "hang-on-stage-death": "in-flight requests are not failed when a stage dies: they hang (#3683)",
+    "orphan-keeps-device": "stage 0 takes 85 % of its device (vLLM's gpu_memory_utilization) and "
+                           "its stages outlive a SIGKILLed server: a restarted server cannot get "
+                           "the memory and exits at start-up (vllm#55510, #19849, #21915)",
 }
+# orphan-keeps-device: stage 0's share of its device. Its own engine steps (10 % of the device)
+# still fit beside it; a second stage 0 does not.
+ORPHAN_DEVICE_SHARE = 0.85
 
 SLOW_RELEASE_S = 5.0
 
@@ -68,6 +74,11 @@ class TestbedConfig:
 
     def has(self, defect: str) -> bool:
         return defect in self.defects
+
+    @property
+    def orphans(self) -> bool:
+        """Stages without a parent-death path: they outlive a SIGKILLed server."""
+        return self.has("orphan-stages") or self.has("orphan-keeps-device")
 
 
 def check_defects(names) -> frozenset[str]:
