@@ -181,6 +181,31 @@ def test_a_window_that_ends_before_the_limit_without_recovery_decides_nothing():
         ("old-incarnation-gone", "recovers-within", "first-request-recovers"), "inconclusive")
 
 
+def blocked_restart(cleanup: bool):
+    """For tests/test_verify_window.py too: no recovery within the 45 s limit, the window ends at
+    +50 s with the old stage alive; after it, the clean-up stops the stage and a late restart
+    answers 200. The verdicts must not change with what came after the window."""
+    b = supervised()
+    old_tree_dies(b, skip=(102,))
+    for n, pid in enumerate((200, 201, 202)):
+        b.spawn(pid, SUPERVISORD, "python3", FAULT + 1 + 4 * n, cmdline=SERVE_CMD)
+        b.exit(pid, FAULT + 3 + 4 * n, code=3)
+    b.health(FAULT + 0.25, FAULT + 50, 0.5, status=None, error="refused")
+    if cleanup:
+        b.signal(DRIVER, 102, 15, FAULT + 50.5)
+        b.exit(102, FAULT + 50.6)
+        b.gpu_proc(0, 102, 0, FAULT + 50.7)
+        restarts(b, healthy_at=FAULT + 52, started_at=FAULT + 51, pid=203)
+    return marked(b, end=FAULT + 50)
+
+
+def test_what_came_after_the_window_changes_no_recovery_verdict():
+    decided = [{k: (r.verdict, r.measured, r.summary) for k, r in verdicts(blocked_restart(c)).items()}
+               for c in (False, True)]
+    assert decided[0] == decided[1]
+    assert decided[0]["recovers-within"][0] == "fail"
+
+
 def test_a_healthy_answer_after_the_window_is_not_a_recovery():
     """The window is the law: the new server's 200 at +35 s, after a window ending at +30 s."""
     b = supervised()
