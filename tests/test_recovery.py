@@ -119,6 +119,8 @@ def test_recovered_beside_the_old_engine_fails_old_incarnation_gone_naming_it():
     rules = verdicts(marked(restarts(b, healthy_at=FAULT + 8.0)))
     gone = rules["old-incarnation-gone"]
     assert gone.verdict == "fail" and gone.measured is None
+    assert gone.summary == ("1 process(es) of the old incarnation alive or holding GPU memory at "
+                            "the new server's healthy answer at +8.00 s")
     assert f"pid 102 {STAGE}" in texts(gone) and "holding 2.00 GiB" in texts(gone)
     assert "at the new server's healthy answer at +8.00 s" in texts(gone)
     healthy = rules["recovers-within"]

@@ -119,13 +119,20 @@ def check_old_gone(ctx: Context) -> Result:
     measured = ctx.seconds(max(exits)) if exits and len(exits) == len(old) else None
     if stayed:
         return Result(FAIL, measured, summary=f"{len(stayed)} process(es) of the old incarnation "
-                      f"alive or holding GPU memory at {when}",
+                      f"{_what_stayed(stayed, moment)} at {when}",
                       evidence=[_survivor(ctx, p, held, moment, when) for p, held in stayed])
     last = max(old, key=lambda p: p.exit_t)
+    unchecked = "" if ctx.model.source_ran("gpu") else " (no GPU samples: its memory not checked)"
     return Result(PASS, measured, summary=f"the old incarnation was gone at {ctx.at(last.exit_t)}, "
-                  f"before {when}",
+                  f"before {when}{unchecked}",
                   evidence=[ctx.cite(f"last of the old incarnation: {last.label()} exited at "
                                      f"{ctx.at(last.exit_t)}", last.exit_t, last.exit_ref, last)])
+
+
+def _what_stayed(stayed: list[tuple[Process, int]], moment: int) -> str:
+    alive = any(not p.exited_by(moment) for p, _ in stayed)
+    holding = any(held for _, held in stayed)
+    return " or ".join(w for w, on in (("alive", alive), ("holding GPU memory", holding)) if on)
 
 
 def _survivor(ctx: Context, proc: Process, held: int, moment: int, when: str) -> Evidence:
