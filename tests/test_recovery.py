@@ -18,7 +18,7 @@ from omnitrace.model.build import build_model
 from omnitrace.model.synthetic import TimelineBuilder
 from omnitrace.timeline import read_timeline
 from omnitrace.errors import OmnitraceError
-from omnitrace.inject import supervise
+from omnitrace.inject.runner import run_matrix
 from omnitrace.inject.supervise import Supervisor, SupervisorSettings
 from omnitrace.testbed.harness import is_gone, running_testbed, wait_until
 from omnitrace.verify.engine import verify_timeline
@@ -140,7 +140,8 @@ def test_could_not_recover_names_each_failed_start():
     healthy = rules["recovers-within"]
     assert healthy.verdict == "fail" and healthy.measured is None
     assert healthy.summary == ("could not recover: pid 50 supervisord started 3 new server(s) "
-                               "after the fault; none reported healthy and every one exited")
+                               "after the fault; none reported healthy; the last exited at "
+                               "+11.00 s and none was forked after it")
     assert "pid 202" in texts(healthy) and "(status 3)" in texts(healthy)
     gone = rules["old-incarnation-gone"]
     assert gone.verdict == "fail" and "at the 45 s recovery limit" in texts(gone)
@@ -327,11 +328,12 @@ def test_supervisord_state_is_read_from_its_log_lines_as_they_complete():
         sup.close()
 
 
-def test_no_supervisord_is_a_one_line_error_naming_the_extra(monkeypatch, tmp_path):
+def test_no_supervisord_is_a_one_line_error_before_any_row_runs(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(OmnitraceError, match=r"pip install 'omnitrace\[supervise\]'"):
-        supervise.supervisord_path()
+        run_matrix(MATRIX, None, None, "recovery/*", str(tmp_path / "out"), [])
+    assert not (tmp_path / "out").exists()
 
 
 # -- the testbed's defect, directly -------------------------------------------------------------

@@ -24,7 +24,7 @@ import psutil
 
 from omnitrace.errors import OmnitraceError
 from omnitrace.inject.server import become_subreaper, free_port
-from omnitrace.inject.supervise import DEFAULT_STARTSECS
+from omnitrace.inject.supervise import DEFAULT_STARTSECS, supervisord_path
 from omnitrace.timeline import TimelineError, read_timeline
 from omnitrace.verify.engine import verify_timeline
 from omnitrace.verify.matrix import BUILTIN, Matrix, Row
@@ -300,6 +300,8 @@ def run_matrix(matrix: Matrix, serve: str | None, url: str | None, glob: str | N
                startup_timeout_s: float = STARTUP_TIMEOUT_S,
                ) -> tuple[Report, list[RowRun], int, Path | None]:
     rows = select_rows(matrix, glob)
+    if any(row.supervise is not None for row in rows):
+        supervisord_path()   # a missing supervisord is one line now, not a failed row later
     become_subreaper()  # what a row orphans comes to the runner, which sweeps it (_remember)
     settings = {**matrix.load_settings, **{k: v for k, v in (load_overrides or {}).items()
                                            if v is not None}}

@@ -292,7 +292,7 @@ class Driver:
             state = self.supervisor.state()
             if state.running and state.current:
                 return state.current
-            if state.fatal or self.server.proc.poll() is not None:
+            if state.fatal or self.server.proc.poll() is not None or self.stop.is_set():
                 break
             self.stop.wait(0.1)
         raise ServerFailed(f"supervisord did not report the server RUNNING (its log: "

@@ -180,9 +180,12 @@ def _why_not(ctx: Context, found: Restart) -> str:
     if not found.incarnations:
         return f"its parent {found.supervisor.label()} forked no new server after the fault"
     n = len(found.incarnations)
-    gone = all(p.exit_t is not None for p in found.incarnations)
+    last = found.incarnations[-1]
+    # every start exited and no fork came after the last: the supervisor gave up (FATAL)
+    ended = (f"; the last exited at {ctx.at(last.exit_t)} and none was forked after it"
+             if all(p.exit_t is not None for p in found.incarnations) else "")
     return (f"{found.supervisor.label()} started {n} new server(s) after the fault; none reported "
-            f"healthy{' and every one exited' if gone else ''}")
+            f"healthy{ended}")
 
 
 def _restart_story(ctx: Context, found: Restart) -> list[Evidence]:
