@@ -133,7 +133,7 @@ def supervise_args(row: Row) -> list[str]:
 def row_bound_s(row: Row, startup_timeout_s: float) -> float:
     """A row's hard bound: start-up, the window, the slack; a supervised row first waits for
     supervisord to count its server started (startsecs)."""
-    startsecs = (row.supervise or {}).get("startsecs", DEFAULT_STARTSECS) if row.supervise is not None else 0
+    startsecs = 0.0 if row.supervise is None else row.supervise.get("startsecs", DEFAULT_STARTSECS)
     return startup_timeout_s + startsecs + row.observe_s + ROW_SLACK_S
 
 

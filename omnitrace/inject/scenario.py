@@ -128,11 +128,12 @@ class Driver:
         try:
             self.phase("starting")
             pid = self.server.start(child_env(OMNITRACE_SCENARIO=p.row, OMNITRACE_SERVER_URL=p.url))
-            self.server.wait_healthy(p.startup_timeout_s)
-            if self.supervisor:
-                pid = self.supervised_pid()
             self.outcome.server_pid = pid
             scenario.set_attribute("omnitrace.server.pid", pid)
+            self.server.wait_healthy(p.startup_timeout_s)
+            if self.supervisor:   # the server is supervisord's child, not supervisord
+                self.outcome.server_pid = self.supervised_pid()
+                scenario.set_attribute("omnitrace.server.pid", self.outcome.server_pid)
             self.model = discover_model(p.url)  # now: after the fault the call could hang
             self.check_endpoints()
             self.phase("healthy")

@@ -111,10 +111,7 @@ def check_old_gone(ctx: Context) -> Result:
         return Result(INCONCLUSIVE, summary=f"the window ends at {ctx.at(ctx.end)}, before the new "
                       "server reported healthy and before the recovery limit")
     old = tree_after_fault(ctx)
-    stayed = [(p, _holds_gpu(ctx, p, moment)) for p in old]
-    # one the old tree forked after the moment counts too: it was not gone
-    stayed = [(p, held) for p, held in stayed
-              if p.alive_at(moment) or held or (p.start is not None and p.start > moment)]
+    stayed = _stayed(ctx, moment)
     exits = [p.exit_t for p in old if p.exit_t is not None]
     measured = ctx.seconds(max(exits)) if exits and len(exits) == len(old) else None
     if stayed:
@@ -127,6 +124,14 @@ def check_old_gone(ctx: Context) -> Result:
                   f"before {when}{unchecked}",
                   evidence=[ctx.cite(f"last of the old incarnation: {last.label()} exited at "
                                      f"{ctx.at(last.exit_t)}", last.exit_t, last.exit_ref, last)])
+
+
+def _stayed(ctx: Context, moment: int) -> list[tuple[Process, int]]:
+    """(process, GPU bytes it held) for each process of the old incarnation not gone at `moment`:
+    alive, holding GPU memory (a release can lag an exit), or forked after it."""
+    held = [(p, _holds_gpu(ctx, p, moment)) for p in tree_after_fault(ctx)]
+    return [(p, n) for p, n in held
+            if p.alive_at(moment) or n or (p.start is not None and p.start > moment)]
 
 
 def _what_stayed(stayed: list[tuple[Process, int]], moment: int) -> str:
@@ -160,9 +165,10 @@ def check_recovers(ctx: Context) -> Result:
 
 def _recovered(ctx: Context, found: Restart) -> Result:
     t = found.healthy_t
-    beside = [p for p in tree_after_fault(ctx) if p.alive_at(t)]
+    stayed = _stayed(ctx, t)
+    beside = [p for p, _ in stayed]
     how = ("cleanly" if not beside else f"while {len(beside)} process(es) of the old incarnation "
-           "still ran beside it (old-incarnation-gone)")
+           f"were still {_what_stayed(stayed, t)} beside it (old-incarnation-gone)")
     answer = ctx.cite(f"{found.healthy.describe()} answered {found.healthy.outcome()} at "
                       f"{ctx.at(t)}, while {found.new.label()} ran (forked by "
                       f"{found.supervisor.label()} at {ctx.at(found.new.start)})",
