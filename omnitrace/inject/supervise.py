@@ -36,9 +36,10 @@ PROGRAM = "server"   # the program's name in supervisord's config and log
 # limit. Every Python server takes longer than 1 s to fail its start-up (imports alone), so with
 # 1 s a server that can never start (its memory is held by an orphan) "starts" every time and is
 # restarted forever. startsecs must exceed how long a failing start takes to fail: the testbed's
-# failed start (a stage refused its memory) exits in 2-5 s on 2 busy cores, so 10 s. Two retries
-# then end such a server as FATAL ("could not recover") in about 3 x 5 s plus supervisord's 1+2 s
-# back-off, inside the testbed's 45 s recovery limit. Real vLLM starts in 104-220 s there: its
+# failed start (a stage refused its memory) exited 1.4 s after its fork, three times, with a vLLM
+# run loading both cores; 10 s leaves room for a machine several times busier. Two retries then
+# end such a server as FATAL ("could not recover"): 8.3 s after the fault in that run, inside the
+# testbed's 45 s recovery limit. Real vLLM starts in 104-220 s there: its
 # matrix (examples/vllm-cpu/matrix.yaml) sets its own.
 DEFAULT_STARTSECS = 10.0
 DEFAULT_STARTRETRIES = 2
