@@ -18,7 +18,8 @@ from omnitrace.model.build import build_model
 from omnitrace.model.synthetic import TimelineBuilder
 from omnitrace.timeline import read_timeline
 from omnitrace.errors import OmnitraceError
-from omnitrace.inject.runner import run_matrix
+from omnitrace.inject.runner import row_bound_s, run_matrix, scenario_command
+from omnitrace.inject.scenario import parse
 from omnitrace.inject.supervise import Supervisor, SupervisorSettings
 from omnitrace.testbed.harness import is_gone, running_testbed, wait_until
 from omnitrace.verify.engine import verify_timeline
@@ -31,6 +32,7 @@ STAGE = "VLLM::StageEngineCoreProc_thinker_replica0_DP0"
 FAULT = 20.0
 ROW = "recovery/sigkill/serve"        # recovery_s 45, recovery_request_s 20, observe_s 70
 MATRIX = load_matrix(None)
+VLLM_MATRIX = os.path.join(os.path.dirname(__file__), "..", "examples", "vllm-cpu", "matrix.yaml")
 SERVE_CMD = ["python3", "-m", "vllm_omni.entrypoints.cli.main", "serve", "Qwen", "--omni"]
 
 
@@ -310,6 +312,19 @@ def test_bad_supervise_settings_are_one_line_errors(tmp_path, value, where, what
     with pytest.raises(MatrixError) as err:
         load_matrix(path)
     assert str(err.value).startswith(f"{path}:4: {where}: {what}")
+
+
+def test_a_supervised_row_reaches_the_driver_with_its_settings_and_limit(tmp_path):
+    """The runner passes the row's supervise settings and recovery_s; the driver parses them."""
+    row = load_matrix(VLLM_MATRIX).row(ROW)
+    argv = scenario_command(row, "serve {port}", 8000, "http://127.0.0.1:8000", tmp_path / "o.json",
+                            [], tmp_path / "t.jsonl")
+    driver = argv[argv.index("omnitrace.inject.scenario") + 1:]
+    plan, _ = parse(driver)
+    assert plan.supervise == SupervisorSettings(startsecs=90, startretries=1)
+    assert plan.recovery_s == 400
+    assert parse(driver[:driver.index("--supervise")])[0].supervise is None
+    assert row_bound_s(row, 400) == 400 + 90 + 460 + 60
 
 
 def test_supervisord_config_restarts_always_and_quotes_the_command(tmp_path, monkeypatch):
