@@ -78,7 +78,7 @@ venv_part() {
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     log "installing Python dependencies into .venv"
     .venv/bin/pip install -q --upgrade pip >/dev/null
-    .venv/bin/pip install -q -e '.[dev]'
+    .venv/bin/pip install -q -e '.[dev,supervise]'   # supervise: supervisord, for recovery rows
     touch "$stamp"
   fi
   local site

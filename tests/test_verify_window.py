@@ -13,6 +13,7 @@ from omnitrace.model.build import build_model
 from omnitrace.model.scenarios import find_scenarios
 from omnitrace.model.window import Window
 from omnitrace.verify.matrix import load_matrix
+from tests.test_recovery import blocked_restart
 from tests.test_verify_rules import (FAULT, HARNESS, INJECTOR, SERVE, STAGE, TRACKER, WORKERS,
                                      gpu_back, server, sigkill_serve, sigterm_serve, verdicts)
 
@@ -109,6 +110,7 @@ def input_answered_after_the_window(cleanup: bool):
 
 RECORDINGS = [hung_sigterm, orphan_after_sigkill, oom_hog_outlives_the_window,
               inflight_answered_after_the_window, input_answered_after_the_window]
+RECORDINGS.append(blocked_restart)   # the recovery rules (tests/test_recovery.py)
 
 
 def _decided(b):

@@ -25,6 +25,7 @@ import psutil
 from omnitrace.container import read_cidfile, remove, runtime_of
 from omnitrace.errors import OmnitraceError
 from omnitrace.inject.server import become_subreaper, expand, free_port
+from omnitrace.inject.supervise import DEFAULT_STARTSECS, supervisord_path
 from omnitrace.timeline import TimelineError, read_timeline
 from omnitrace.verify.engine import verify_timeline
 from omnitrace.verify.matrix import BUILTIN, Matrix, Row
@@ -117,6 +118,7 @@ def scenario_command(row: Row, serve: str, port: int, url: str, outcome: Path,
     if "service-unavailable" in row.rules:  # "stays unavailable" must be watched, not assumed
         driver += ["--unavailable-hold", str(row.thresholds["unavailable_hold_s"])]
     driver += input_args(row)
+    driver += supervise_args(row)
     recorded_matrix = ["--matrix", matrix_file] if matrix_file else []  # into the header
     return [sys.executable, "-m", "omnitrace.cli", "record", "-o", str(timeline),
             "--health-url", url + "/health", *recorded_matrix, *record_args, "--", *driver]
@@ -132,6 +134,24 @@ def input_args(row: Row) -> list[str]:
     return args + (["--recovery-keyword", row.recovery_keyword] if row.recovery_keyword else [])
 
 
+def supervise_args(row: Row) -> list[str]:
+    """The driver's flags for a `supervise:` row: supervisord's settings, and the recovery limit
+    after which a server that did not come back has settled."""
+    if row.supervise is None:
+        return []
+    args = ["--supervise"] + [f"--{key}={value}" for key, value in row.supervise.items()]
+    if "recovery_s" in row.thresholds:
+        args.append(f"--recovery-limit={row.thresholds['recovery_s']}")
+    return args
+
+
+def row_bound_s(row: Row, startup_timeout_s: float) -> float:
+    """A row's hard bound: start-up, the window, the slack; a supervised row first waits for
+    supervisord to count its server started (startsecs)."""
+    startsecs = 0.0 if row.supervise is None else row.supervise.get("startsecs", DEFAULT_STARTSECS)
+    return startup_timeout_s + startsecs + row.observe_s + ROW_SLACK_S
+
+
 def run_row(row: Row, index: int, serve: str, url_template: str, out: Path, progress: Progress,
             record_args: list[str], load_settings: dict | None = None,
             matrix_file: str | None = None, startup_timeout_s: float = STARTUP_TIMEOUT_S) -> RowRun:
@@ -145,7 +165,7 @@ def run_row(row: Row, index: int, serve: str, url_template: str, out: Path, prog
     argv = scenario_command(row, serve, port, url, outcome_path, record_args, run.timeline,
                             load_settings, matrix_file, startup_timeout_s, cidfile)
     t0 = time.monotonic()
-    bound = startup_timeout_s + row.observe_s + ROW_SLACK_S
+    bound = row_bound_s(row, startup_timeout_s)
     log = open(out / f"{slug}.log", "w")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.PIPE, text=True)
     phase = {"now": "recording"}
@@ -307,6 +327,8 @@ def run_matrix(matrix: Matrix, serve: str | None, url: str | None, glob: str | N
                startup_timeout_s: float = STARTUP_TIMEOUT_S,
                ) -> tuple[Report, list[RowRun], int, Path | None]:
     rows = select_rows(matrix, glob)
+    if any(row.supervise is not None for row in rows):
+        supervisord_path()   # a missing supervisord is one line now, not a failed row later
     become_subreaper()  # what a row orphans comes to the runner, which sweeps it (_remember)
     settings = {**matrix.load_settings, **{k: v for k, v in (load_overrides or {}).items()
                                            if v is not None}}

@@ -35,12 +35,15 @@ from omnitrace.inject.server import (DownSince, Server, ServerFailed, become_sub
                                      expand, health_status)
 from omnitrace.inject.roles import matrix_patterns
 from omnitrace.inject.signals import inject_signal
+from omnitrace.inject.supervise import Supervisor, SupervisorSettings
 
 SETTLE_GRACE_S = 1.0   # keep observing this long after the outcome settled (GPU release, probes)
 OOM_DWELL_S = 5.0      # an OOM row holds the hog this long after health turned: the server must
                        # survive a sustained OOM, and on a real GPU its collapse takes seconds
 HEALTH_POLL_S = 0.25   # the driver's own /health polls (for settling): at most 4 Hz, and never
                        # more often than the recording probes (health_poll_s)
+SURVIVOR_WATCH_S = 5.0  # a supervised row that recovered beside old survivors watches them this
+                        # long more: the verdicts are decided, the recording shows if they leave
 
 
 @dataclass
@@ -68,6 +71,8 @@ class Plan:
     input: str | None = None              # fault "input": the abnormal request's variant
     recovery_keyword: str | None = None   # fault "input": the recovery answer must hold it
     input_recovery_s: float = abnormal.RECOVERY_TIMEOUT_S   # fault "input": the recovery's timeout
+    supervise: SupervisorSettings | None = None   # run the server under supervisord (recovery rows)
+    recovery_s: float | None = None       # a supervised row that could not recover settles after it
 
 
 @dataclass
@@ -95,10 +100,16 @@ class Driver:
         self.plan, self.t0 = plan, time.monotonic()
         self.outcome = Outcome(plan.row)
         argv = expand(plan.serve, plan.port)
-        self.container = ContainerServe.of(argv, plan.cidfile)   # None unless it runs a container
+        # Supervised, the process started is supervisord, and the server its child (supervise.py);
+        # a container command under supervisord is run as it is (not attached as a container).
+        self.supervisor = Supervisor(argv, plan.supervise) if plan.supervise else None
+        self.container = None if self.supervisor else ContainerServe.of(argv, plan.cidfile)
+        command = self.supervisor.command() if self.supervisor else \
+            self.container.argv if self.container else argv
         # subtree_is_server: everything the server forks stays below this subreaper (server.py)
-        self.server = Server(self.container.argv if self.container else argv, plan.url,
-                             subtree_is_server=True)
+        self.server = Server(command, plan.url, subtree_is_server=True)
+        self.old_members: set[int] = set()   # the tree at the fault (supervised: the old incarnation)
+        self.recovered_at: float | None = None
         self.load: Load | None = None
         self.load_thread: threading.Thread | None = None
         self.hog: subprocess.Popen | None = None
@@ -133,6 +144,9 @@ class Driver:
             self.outcome.server_pid = pid
             scenario.set_attribute("omnitrace.server.pid", pid)
             self.server.wait_healthy(p.startup_timeout_s)
+            if self.supervisor:   # the server is supervisord's child, not supervisord
+                self.outcome.server_pid = self.supervised_pid()
+                scenario.set_attribute("omnitrace.server.pid", self.outcome.server_pid)
             self.model = discover_model(p.url)  # now: after the fault the call could hang
             self.check_endpoints()
             self.phase("healthy")
@@ -166,7 +180,7 @@ class Driver:
         p = self.plan
         kinds = list(kinds_of(p.load_kind)) if p.load else []
         if p.target in ("worker", "gpu") or p.fault in ("oom", "input") or \
-                p.probe_after_s is not None:
+                p.probe_after_s is not None or p.supervise:
             kinds.append("chat")
         if p.fault == "oom":
             kinds.append("speech")
@@ -219,6 +233,8 @@ class Driver:
     def inject(self) -> None:
         p = self.plan
         self.server.remember_tree()
+        self.old_members = set(self.server.seen) - {self.server.proc.pid} if self.supervisor \
+            else set(self.server.seen)
         if p.fault == "oom":
             self.start_hog()
             return
@@ -279,6 +295,8 @@ class Driver:
         watchers = [threading.Thread(target=self.watch_health, daemon=True)]
         if p.fault == "input":
             watchers.append(threading.Thread(target=self.run_recovery, daemon=True))
+        if self.supervisor:
+            watchers.append(threading.Thread(target=self.await_recovery, daemon=True))
         elif p.target in ("worker", "gpu") or p.fault == "oom":
             watchers.append(threading.Thread(target=self.run_probes, daemon=True))
         elif p.probe_after_s is not None:
@@ -306,6 +324,8 @@ class Driver:
             # answered and recovered (or not): nothing more is coming. The grace that follows
             # lets the recorder's probes watch /health after the recovery.
             return not self.server.zombies()
+        if self.supervisor:
+            return self.recovery_settled()
         # Settled includes reaped: a dead process left a zombie is the outcome still unfolding
         # (a correct parent reaps at once; one that never does must be watched for the window).
         if self.plan.target in ("serve", "all"):
@@ -319,6 +339,62 @@ class Driver:
         # "Unavailable and stays so" is a claim about a duration: watch the whole hold.
         return (targets_gone and self.unavailable_for(self.plan.unavailable_hold_s)
                 and not self.server.zombies())
+
+    # -- supervised rows (recovery under supervisord) -----------------------------------------
+    def supervised_pid(self) -> int:
+        """The server supervisord started, once supervisord counts it as started (RUNNING, after
+        startsecs): a fault before that would be a failed start to it, retried only startretries
+        times, not the crash of a running server that autorestart restarts."""
+        deadline = time.monotonic() + self.plan.supervise.startsecs + 30
+        while time.monotonic() < deadline:
+            state = self.supervisor.state()
+            if state.running and state.current:
+                return state.current
+            if state.fatal or self.server.proc.poll() is not None or self.stop.is_set():
+                break
+            self.stop.wait(0.1)
+        raise ServerFailed(f"supervisord did not report the server RUNNING (its log: "
+                           f"{self.supervisor.log}); check the row's supervise.startsecs")
+
+    def await_recovery(self) -> None:
+        """Wait for supervisord's new server to answer, then send the first request after the
+        recovery. Answering means /health 2xx; with health unwatched (--health-rate 0) nothing
+        asks /health, and a chat request each second is the sign of life instead."""
+        try:
+            old = self.outcome.server_pid
+            while not self.stop.is_set():
+                state = self.supervisor.state()
+                if state.current not in (None, old) and self.new_server_answers():
+                    break
+                if state.fatal:
+                    return   # supervisord gave up: could not recover
+                self.stop.wait(self.health_poll_s or 1.0)
+            else:
+                return
+            self.recovered_at = time.monotonic()
+            self.note_probes(probes.probe(self.plan.url, "chat", model=self.model,
+                                          scenario=self.plan.row))
+        finally:
+            self.probes_done.set()
+
+    def new_server_answers(self) -> bool:
+        if self.health_poll_s:
+            status = health_status(self.plan.url)
+            return status is not None and 200 <= status < 300
+        results = probes.probe(self.plan.url, "chat", model=self.model, scenario=self.plan.row)
+        self.note_probes(results)
+        return results[0].end_reason == "completed"
+
+    def recovery_settled(self) -> bool:
+        """Recovered and the first request answered: settled once the old incarnation is gone
+        (or has been watched SURVIVOR_WATCH_S beside the new one). Not recovered: only once the
+        recovery limit has passed, since a limit not passed decides nothing."""
+        observing_s = time.monotonic() - self.t0 - self.outcome.phases["observing"]
+        if self.recovered_at is None:
+            return self.plan.recovery_s is not None and observing_s >= self.plan.recovery_s
+        alive = {p.pid for p in self.server.alive()}
+        return (not alive & self.old_members
+                or time.monotonic() - self.recovered_at >= SURVIVOR_WATCH_S)
 
     def oom_dwelled(self) -> bool:
         return self.unavailable_for(OOM_DWELL_S)
@@ -395,9 +471,12 @@ class Driver:
         # rows leave a (correctly) degraded server running: stopping it is not a finding, only
         # what survives its SIGTERM is.
         expected_gone = self.plan.target in ("serve", "all") and self.plan.fault != "input"
-        before = [f"{p.pid} {p.name()}" for p in self.server.alive()] if expected_gone else []
+        before = [f"{p.pid} {p.name()}" for p in self.server.alive() if expected_gone and (
+            not self.supervisor or p.pid in self.old_members)]   # supervised: the new one stays
         killed = self.server.stop()
-        self.outcome.leftovers = before or killed
+        self.outcome.leftovers = before if self.supervisor else (before or killed)
+        if self.supervisor:
+            self.supervisor.close()
         if self.container is not None and self.container.remove():
             print(f"omnitrace: removed {self.container.runtime} container "
                   f"{self.container.label()}", file=sys.stderr, flush=True)
@@ -447,6 +526,12 @@ def parse(argv: list[str]) -> tuple[Plan, str | None]:
                     help="with --fault input: the recovery answer must contain it")
     ap.add_argument("--input-recovery", type=float, default=Plan.input_recovery_s,
                     help="with --fault input: seconds the recovery request may take")
+    ap.add_argument("--supervise", action="store_true",
+                    help="run the server under supervisord (a recovery row)")
+    ap.add_argument("--startsecs", type=float, default=SupervisorSettings.startsecs)
+    ap.add_argument("--startretries", type=int, default=SupervisorSettings.startretries)
+    ap.add_argument("--recovery-limit", type=float, default=None,
+                    help="a supervised row that did not recover settles after this many seconds")
     a = ap.parse_args(argv)
     if (a.fault == "input") != (a.input is not None):
         ap.error("--fault input and --input VARIANT go together")
@@ -458,7 +543,9 @@ def parse(argv: list[str]) -> tuple[Plan, str | None]:
                 shape=RequestShape(a.max_tokens, a.min_tokens, a.ignore_eos),
                 matrix=a.matrix, unavailable_hold_s=a.unavailable_hold, cidfile=a.cidfile,
                 input=a.input, recovery_keyword=a.recovery_keyword,
-                input_recovery_s=a.input_recovery)
+                input_recovery_s=a.input_recovery,
+                supervise=SupervisorSettings(a.startsecs, a.startretries) if a.supervise else None,
+                recovery_s=a.recovery_limit)
     return plan, a.report
 
 

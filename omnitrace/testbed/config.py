@@ -27,7 +27,13 @@ DEFECTS = {
                           "(answered 500; /health 503 and every later request fails)",
     "fastapi-error-body": "a chat body that is not UTF-8 is refused with FastAPI's {\"detail\": "
                           "...} body, not the OpenAI error shape (as vLLM 0.32 answers it)",
+    "orphan-keeps-device": "stage 0 takes 85 % of its device (vLLM's gpu_memory_utilization) and "
+                           "its stages outlive a SIGKILLed server: a restarted server cannot get "
+                           "the memory and exits at start-up (vllm#55510, #19849, #21915)",
 }
+# orphan-keeps-device: stage 0's share of its device. Its own engine steps (10 % of the device)
+# still fit beside it; a second stage 0 does not.
+ORPHAN_DEVICE_SHARE = 0.85
 
 SLOW_RELEASE_S = 5.0
 
@@ -75,6 +81,11 @@ class TestbedConfig:
 
     def has(self, defect: str) -> bool:
         return defect in self.defects
+
+    @property
+    def orphans(self) -> bool:
+        """Stages without a parent-death path: they outlive a SIGKILLed server."""
+        return self.has("orphan-stages") or self.has("orphan-keeps-device")
 
 
 def check_defects(names) -> frozenset[str]:

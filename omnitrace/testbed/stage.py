@@ -23,7 +23,8 @@ from collections import deque
 
 from omnitrace.gpu import GpuOutOfMemory, alloc
 from omnitrace.testbed import logs
-from omnitrace.testbed.config import SLOW_RELEASE_S, StageSpec, TestbedConfig
+from omnitrace.testbed.config import (ORPHAN_DEVICE_SHARE, SLOW_RELEASE_S, StageSpec,
+                                      TestbedConfig)
 
 log = logging.getLogger("core.py")
 PR_SET_PDEATHSIG = 1
@@ -78,8 +79,13 @@ class StageEngine:
 
     def start(self) -> None:
         delay = SLOW_RELEASE_S if self.config.has("slow-release") else None
-        self.weights = alloc.allocate(self.device, self.config.stage_mem, release_delay_s=delay)
+        self.weights = alloc.allocate(self.device, self.weights_size(), release_delay_s=delay)
         self.conn.send(("ready", os.getpid()))
+
+    def weights_size(self) -> int:
+        if self.config.has("orphan-keeps-device") and self.spec.index == 0:
+            return int(ORPHAN_DEVICE_SHARE * alloc.free_memory(self.device)[1])
+        return self.config.stage_mem
 
     def run(self) -> None:
         tick = 1.0 / self.config.tokens_per_s
@@ -168,7 +174,7 @@ class StageEngine:
 
 def stage_main(spec: StageSpec, config: TestbedConfig, conn, parent_pid: int) -> None:
     """Entry point of the spawned process (multiprocessing spawn start method)."""
-    if not config.has("orphan-stages"):
+    if not config.orphans:
         set_parent_death_signal(signal.SIGTERM, parent_pid)
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGINT, _exit_on_signal)
@@ -187,7 +193,7 @@ def stage_main(spec: StageSpec, config: TestbedConfig, conn, parent_pid: int) ->
     except (BrokenPipeError, EOFError):
         # The API server is gone. A correct stage exits (a second parent-death path beside
         # PDEATHSIG); one without parent-death handling idles on, holding its memory.
-        if config.has("orphan-stages"):
+        if config.orphans:
             while True:
                 time.sleep(3600)
         raise SystemExit(1) from None

@@ -93,7 +93,8 @@ def show(matrix_file, as_json):
         issues = f"  [{', '.join(r.issues)}]" if r.issues else ""
         variant = f", input={r.input}" if r.input else ""
         click.echo(f"\n{r.id}  (load={'yes' if r.load else 'no'}, fault={r.fault}{variant}, "
-                   f"target={r.target}, observe {r.observe_s:g} s){issues}")
+                   f"target={r.target}{', supervised' if r.supervise is not None else ''}, "
+                   f"observe {r.observe_s:g} s){issues}")
         click.echo(f"  {r.behaviour}")
         if r.source:
             click.echo(f"  source: {r.source}")

@@ -27,9 +27,12 @@ from omnitrace.verify.rules import RULES, THRESHOLD_KEYS
 BUILTIN = "vllm-omni"
 TARGETS = ("worker", "serve", "all", "pattern", "gpu")
 ROW_KEYS = {"id", "load", "fault", "target", "pattern", "observe_s", "behaviour", "issues",
-            "thresholds", "rules", "input", "recovery_keyword", "source"}
+            "thresholds", "rules", "input", "recovery_keyword", "source", "supervise"}
 # `fault: input` rows send one abnormal request (`input:` names it) instead of a signal
 INPUT_FAULT = "input"
+# `supervise:` (a row's server runs under supervisord, docs/matrix-run.md): true, or these
+# settings of supervisord's program section -> (type, minimum)
+SUPERVISE_KEYS = {"startsecs": (float, 0), "startretries": (int, 0)}
 TOP_KEYS = {"matrix", "description", "extends", "patterns", "thresholds", "load_settings", "rows"}
 # How the runner's load and probes shape their requests (docs/matrix-run.md): key -> (type, minimum)
 LOAD_SETTINGS = {"max_tokens": (int, 1), "min_tokens": (int, 0), "ignore_eos": (bool, None),
@@ -57,6 +60,7 @@ class Row:
     input: str | None = None             # fault: input rows: the variant sent
     recovery_keyword: str | None = None  # fault: input rows: the recovery answer must contain it
     source: str | None = None            # where a row beyond the seed document comes from
+    supervise: dict | None = None   # None: not supervised; else SUPERVISE_KEYS settings it sets
 
     @property
     def signal(self) -> int | None:
@@ -140,6 +144,8 @@ def row_entry(row: Row) -> dict[str, Any]:
     for key in ("input", "recovery_keyword", "source"):   # only rows beyond the seed carry them
         if getattr(row, key) is not None:
             entry[key] = getattr(row, key)
+    if row.supervise is not None:   # only when set: the digests of unsupervised rows stay as they were
+        entry["supervise"] = dict(row.supervise) or True
     return entry
 
 
@@ -346,7 +352,8 @@ def _row(raw: dict, defaults: dict[str, float]) -> Row:
                thresholds=thresholds, observe_s=float(observe), behaviour=str(raw.get("behaviour", "")),
                issues=check.strings(path + ["issues"], raw.get("issues") or []),
                pattern=raw.get("pattern"), input=raw.get("input"),
-               recovery_keyword=raw.get("recovery_keyword"), source=_source(check, path, raw))
+               recovery_keyword=raw.get("recovery_keyword"), source=_source(check, path, raw),
+               supervise=_supervise(check, path, raw.get("supervise")))
 
 
 def _source(check: _Checker, path: list, raw: dict) -> str | None:
@@ -370,3 +377,19 @@ def _input_keys(check: _Checker, path: list, raw: dict, fault: str) -> None:
     keyword = raw.get("recovery_keyword")
     if keyword is not None and (not isinstance(keyword, str) or not keyword):
         check.fail(path + ["recovery_keyword"], f"must be a non-empty string, got {keyword!r}")
+
+
+def _supervise(check: _Checker, path: list, value) -> dict | None:
+    """`supervise: true | false | {startsecs: S, startretries: N}` -> None or its settings."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    check.keys(path + ["supervise"], value, SUPERVISE_KEYS)
+    for key, setting in value.items():
+        kind, minimum = SUPERVISE_KEYS[key]
+        if isinstance(setting, bool) or not isinstance(setting, (int, float)) or (
+                kind is int and not isinstance(setting, int)) or setting < minimum:
+            check.fail(path + ["supervise", key], f"must be {'an integer' if kind is int else 'a number'}"
+                       f" >= {minimum}, got {setting!r}")
+    return dict(value)

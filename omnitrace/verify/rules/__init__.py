@@ -9,6 +9,10 @@ RULES: dict[str, Rule] = {m.RULE.id: m.RULE for m in (
     inflight, stop_accepting, oom)}
 RULES.update({rule.id: rule for rule in abnormal_input.RULES})   # a family of four in one module
 
+# Recovery under a supervisor: one module of three rules (docs/verify.md)
+from omnitrace.verify.rules import recovery  # noqa: E402
+RULES.update({rule.id: rule for rule in recovery.RULES})
+
 
 
 def http_rules(rule_ids) -> list[str]:
