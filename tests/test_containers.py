@@ -8,7 +8,6 @@ shows what the kernel does with a SIGTERM from the host (drops it), in target-ex
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -25,7 +24,6 @@ import pytest
 
 from omnitrace.container import inspect, ns_pids
 from omnitrace.inject.server import free_port
-from omnitrace.model.process import Process
 from tests.harness import matrix_run, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="rootful podman needs root (CI is root)")
@@ -140,15 +138,13 @@ def test_the_worker_row_kills_a_stage_inside_the_container(seed_run):
 
 
 def evidence_names_both(text: str, host_pid: int, ns_pid: int) -> bool:
-    """Whether evidence shows a process's host pid and its pid inside the container. The
-    recorder's branch decides the wording; this is the one place that reads it."""
+    """Whether evidence shows a process's host pid and its pid inside the container
+    (Process.pid_label: 'pid 48211 (ns 7)'); the one place that reads that wording."""
     return str(host_pid) in text and re.search(rf"\b(ns|namespace|container)\D{{0,12}}\b{ns_pid}\b",
                                                text) is not None
 
 
 def test_evidence_names_the_host_and_the_namespace_pid(seed_run):
-    if "ns_pid" not in {f.name for f in dataclasses.fields(Process)}:
-        pytest.skip("Process has no ns_pid yet: the recorder's container fields (branch cgroup)")
     out, _, report = seed_run
     outcome = json.loads((out / "no-load_sigkill_serve.outcome.json").read_text())
     scenario = next(s for s in report["scenarios"] if s["id"] == "no-load/sigkill/serve")
