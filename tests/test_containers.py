@@ -32,6 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 IMAGE = "localhost/omnitrace-host:1"
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 SEED_ROWS = ("no-load/sigkill/serve", "no-load/sigterm/serve", "under-load/sigkill/worker")
+# SIGTERM to every process of a container whose init is the server: the resource tracker ignores
+# it and waits for its pipe to close, but the init's exit makes the kernel SIGKILL the namespace
+TEARDOWN_ROW = "no-load/sigterm/all"
 TESTBED = [sys.executable, "-m", "omnitrace.cli", "testbed", "serve", "--host", "0.0.0.0"]
 
 
@@ -87,15 +90,19 @@ def container_exists(ref: str) -> bool:
 def seed_run(run_args, tmp_path_factory):
     out = tmp_path_factory.mktemp("containers") / "run"
     serve = serve_command(run_args, "omnitrace-seed-{port}", [*TESTBED, "--port", "{port}"])
-    cli, report = matrix_run(out, "--serve", serve, "--scenarios", ",".join(SEED_ROWS), env=ENV,
-                             timeout=400)
+    cli, report = matrix_run(out, "--serve", serve, "--scenarios",
+                             ",".join(SEED_ROWS + (TEARDOWN_ROW,)), env=ENV, timeout=400)
     assert report is not None, cli.stderr[-3000:]
     return out, cli, report
 
 
 def test_seed_rows_pass_with_the_testbed_in_a_container(seed_run):
     out, cli, report = seed_run
-    assert cli.returncode == 0, cli.stdout[-3000:] + cli.stderr[-2000:]
+    failed = {(s["id"], r["id"]) for s in report["scenarios"] for r in s["rules"]
+              if r["verdict"] == "fail"}
+    # the teardown row's failure is test_a_helper_that_ignores_sigterm_dies_with_the_namespace's
+    assert failed == {(TEARDOWN_ROW, "graceful-shutdown")}, cli.stdout[-3000:]
+    assert cli.returncode == 1, cli.stdout[-3000:] + cli.stderr[-2000:]
     for row in SEED_ROWS:
         rules = verdicts(report, row)
         assert "fail" not in rules.values(), (row, rules)
@@ -105,11 +112,23 @@ def test_seed_rows_pass_with_the_testbed_in_a_container(seed_run):
     assert verdicts(report, "under-load/sigkill/worker")["inflight-fail-fast"] == "pass"
 
 
+def test_a_helper_that_ignores_sigterm_dies_with_the_namespace(seed_run):
+    """Outside a container the resource tracker ignores "kill all"'s SIGTERM and exits by itself
+    once the server is gone; inside, the init's exit makes the kernel SIGKILL it first. The
+    evidence names the tracker, the SIGKILL and the init it came from."""
+    _, _, report = seed_run
+    rule = next(r for s in report["scenarios"] if s["id"] == TEARDOWN_ROW
+                for r in s["rules"] if r["id"] == "graceful-shutdown")
+    text = " ".join(e["text"] for e in rule["evidence"])
+    assert rule["verdict"] == "fail" and "resource_tracker" in text, text
+    assert "ended with signal SIGKILL from" in text and "pid namespace's init" in text, text
+
+
 def test_each_row_names_its_container_and_leaves_none(seed_run):
     """The driver's server is the container's init (a host pid, pid 1 inside); the id the runner
     kept in <row>.cid is the container's; neither the container nor a process of it is left."""
     out, _, report = seed_run
-    for row in SEED_ROWS:
+    for row in SEED_ROWS + (TEARDOWN_ROW,):
         outcome = json.loads((out / f"{slug(row)}.outcome.json").read_text())
         container = outcome["container"]
         assert container["runtime"] == "podman" and container["name"].startswith("omnitrace-seed-")

@@ -94,7 +94,26 @@ def _ignored(ctx: Context, proc, receipt):
                 f"down) and exited with status 0 at {ctx.at(proc.exit_t)}", proc.exit_t,
                 proc.exit_group_ref or proc.reap_ref or proc.exit_ref, (proc.exit_t - when) / 1e9)
     return (FAIL, f"{proc.label()}: {how} {receipt.name} at {ctx.at(when)} and ended with "
-            f"{_status(code, killer)}", when, receipt.deliver_ref or receipt.ref, None)
+            f"{_status(code, killer)}{_killed_by(ctx, proc)}", when,
+            receipt.deliver_ref or receipt.ref, None)
+
+
+def _killed_by(ctx: Context, proc) -> str:
+    """Who sent the signal that killed it, for evidence. A container's init that exits makes the
+    kernel SIGKILL the rest of its pid namespace (sent in the init's name): a helper that ignores
+    SIGTERM and waits for its pipe to close (multiprocessing's resource tracker) dies that way in
+    a container, where outside it exits by itself."""
+    fatal = proc.fatal_signal()
+    if fatal is None:
+        return ""
+    sender = ctx.model.process(fatal.sender_pid, fatal.t) if fatal.sender_pid else None
+    if sender is None:
+        return f" from pid {fatal.sender_pid} {fatal.sender_comm}" if fatal.sender_pid else \
+            " from the kernel"
+    if sender.ns_pid == 1 and sender.pid != proc.pid:
+        return (f" from {sender.label()}, its pid namespace's init: the kernel kills what is "
+                "left of the namespace when the init exits")
+    return f" from {sender.label()}"
 
 
 def _status(code, killer) -> str:
