@@ -8,7 +8,8 @@
 #   source .devbundle-tools/activate.sh .devbundle && PYTHON=python3 scripts/gpu-matrix.sh
 #
 # Env: PYTHON, GPU_MATRIX_OUT, GPU_MATRIX_MEM (per stage, default 8GiB), GPU_MATRIX_PARTS
-# (default "correct orphan-stages slow-release exit-on-oom").
+# (default "correct orphan-stages slow-release exit-on-oom recovery orphan-keeps-device
+# abnormal-input"; the recovery parts need supervisord: pip install 'omnitrace[supervise]').
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${PYTHON:-}" ]; then
@@ -18,7 +19,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 unset OMNITRACE_SIM_GPU   # real memory: the stages and the hog use CUDA through torch
 out=${GPU_MATRIX_OUT:-out/gpu-matrix}
 mem=${GPU_MATRIX_MEM:-8GiB}
-parts=${GPU_MATRIX_PARTS:-correct orphan-stages slow-release exit-on-oom}
+parts=${GPU_MATRIX_PARTS:-correct orphan-stages slow-release exit-on-oom recovery orphan-keeps-device abnormal-input}
 mkdir -p "$out"
 serve="$PYTHON -m omnitrace.cli testbed serve --port {port} --gpu-mem-per-stage $mem"
 
@@ -42,6 +43,12 @@ for part in $parts; do
     slow-release) run_part slow-release "--defect slow-release" \
         --matrix tests/data/short-windows.yaml --scenarios '*/sigkill/serve' ;;
     exit-on-oom) run_part exit-on-oom "--defect exit-on-oom" --scenarios 'oom/*' ;;
+    # beyond the seed: old-incarnation-gone's "none holds GPU memory" with real CUDA memory, and a
+    # restart that cannot get its memory because the old stages still hold it
+    recovery) run_part recovery "" --scenarios 'recovery/*' ;;
+    orphan-keeps-device) run_part orphan-keeps-device "--defect orphan-keeps-device" \
+        --matrix tests/data/short-windows.yaml --scenarios 'recovery/sigkill/serve' ;;
+    abnormal-input) run_part abnormal-input "" --scenarios 'abnormal-input/*' ;;
   esac
 done
 first=$(ls "$out"/correct/*.jsonl 2>/dev/null | grep sigkill | head -1)
