@@ -48,6 +48,7 @@ class Request:
     route: list[int]
     wants_text: bool
     wants_audio: bool
+    oom_status: int = 500   # what this request answers when the engine cannot get GPU memory
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
 
     def fail(self, status: int, message: str) -> None:
@@ -123,7 +124,7 @@ class Orchestrator:
         oom = [self.stages[i].oom for i in route if self.stages[i].oom]
         if oom and not self.config.has("healthy-under-oom"):
             raise EngineUnavailable(oom_status, oom[0], "out_of_memory")
-        req = Request(f"req-{next(self.ids)}", route, wants_text, wants_audio)
+        req = Request(f"req-{next(self.ids)}", route, wants_text, wants_audio, oom_status)
         self.requests[req.rid] = req
         self._send(route[0], ("submit", req.rid, n))
         for i in route[1:]:
@@ -179,8 +180,10 @@ class Orchestrator:
         position = req.route.index(index)
         downstream = req.route[position + 1] if position + 1 < len(req.route) else None
         if kind == "error":
+            # A request admitted just before its stage ran out of memory fails at the step; it
+            # answers as one refused under OOM does (speech-400-under-oom: 400), not always 500.
             self.abort(req)
-            req.fail(500, payload[0])
+            req.fail(req.oom_status if self.stages[index].oom else 500, payload[0])
         elif kind == "item":
             produces = self.stages[index].spec.produces
             if produces == "text" and req.wants_text:
