@@ -4,6 +4,7 @@ recorder drives it."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -46,6 +47,28 @@ def matrix_run(out, *args: str, env=None, timeout: float = 600):
                           *args], env=env, capture_output=True, text=True, timeout=timeout)
     report = out / "report.json"
     return cli, json.loads(report.read_text()) if report.exists() else None
+
+
+def fails_exactly(cli, report, expected: set[str], what: str) -> tuple[dict, dict]:
+    """A one-row run of a defect: the CLI exits 1 and the row fails exactly `expected`;
+    (the scenario, its failed rules by id)."""
+    assert cli.returncode == 1, cli.stdout[-3000:]
+    (scenario,) = report["scenarios"]
+    failed = {r["id"]: r for r in scenario["rules"] if r["verdict"] == "fail"}
+    assert set(failed) == expected, f"{what}: {cli.stdout[-3000:]}"
+    return scenario, failed
+
+
+def record_example_suite(tmp_path, selector: str, timeout: float = 240):
+    """`omnitrace record -- pytest examples/reliability -k SELECTOR` as a user runs it, on a
+    simulated GPU: (the finished record, the timeline's path, the environment)."""
+    env = {**os.environ, "OMNITRACE_SIM_GPU": str(tmp_path / "gpu"), "PYTHONPATH": os.getcwd()}
+    timeline = tmp_path / "run.jsonl"
+    recorded = subprocess.run(
+        [sys.executable, "-m", "omnitrace.cli", "record", "-o", str(timeline), "--",
+         sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "examples/reliability",
+         "-k", selector], env=env, capture_output=True, text=True, timeout=timeout)
+    return recorded, timeline, env
 
 
 class SourceRun:

@@ -17,7 +17,7 @@ from omnitrace.model.synthetic import TimelineBuilder, ns
 from omnitrace.testbed.harness import running_testbed
 from omnitrace.verify.engine import verify_timeline
 from omnitrace.verify.matrix import load_matrix
-from tests.harness import matrix_run
+from tests.harness import fails_exactly, matrix_run, record_example_suite
 from tests.test_verify_rules import SERVE, server
 
 TESTBED = f"{sys.executable} -m omnitrace.cli testbed serve --port {{port}}"
@@ -284,10 +284,7 @@ def test_the_correct_testbed_passes_every_abnormal_input_row(tmp_path):
 def test_each_defect_fails_exactly_its_rules(tmp_path, defect):
     row, expected, named = DEFECTS[defect]
     cli, report = run_rows(tmp_path, f"{TESTBED} --defect {defect}", row)
-    assert cli.returncode == 1, cli.stdout[-3000:]
-    (scenario,) = report["scenarios"]
-    failed = {r["id"]: r for r in scenario["rules"] if r["verdict"] == "fail"}
-    assert set(failed) == expected, f"{defect} on {row}: {cli.stdout[-3000:]}"
+    scenario, failed = fails_exactly(cli, report, expected, f"{defect} on {row}")
     assert all(r["verdict"] == "pass" for r in scenario["rules"] if r["id"] not in expected)
     texts = " ".join(e["text"] for r in failed.values() for e in r["evidence"])
     assert named in texts, texts
@@ -296,12 +293,7 @@ def test_each_defect_fails_exactly_its_rules(tmp_path, defect):
 # -- the pytest plugin ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_the_example_suites_input_row_under_record_verifies(tmp_path):
-    env = {**os.environ, "OMNITRACE_SIM_GPU": str(tmp_path / "gpu"), "PYTHONPATH": os.getcwd()}
-    timeline = tmp_path / "run.jsonl"
-    recorded = subprocess.run(
-        [sys.executable, "-m", "omnitrace.cli", "record", "-o", str(timeline), "--",
-         sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "examples/reliability",
-         "-k", "abnormal-input/oversized"], env=env, capture_output=True, text=True, timeout=240)
+    recorded, timeline, env = record_example_suite(tmp_path, "abnormal-input/oversized")
     assert recorded.returncode == 0 and "1 passed" in recorded.stdout, recorded.stdout[-3000:]
     verified = omnitrace("verify", str(timeline), "--json", "-", env=env)
     (scenario,) = json.loads(verified.stdout)["scenarios"]

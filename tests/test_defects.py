@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from omnitrace.testbed import config as testbed_config
-from omnitrace.verify.matrix import load_matrix
-from tests.harness import matrix_run
+from tests.harness import fails_exactly, matrix_run
 from tests.test_abnormal_input import DEFECTS as INPUT_DEFECTS
 
 SHORT = Path(__file__).parent / "data" / "short-windows.yaml"
@@ -64,10 +63,7 @@ def test_every_defect_is_covered():
 def test_defect_fails_exactly_the_rules_it_breaks(tmp_path, defect):
     row, expected, named = DEFECTS[defect]
     cli, report = short_matrix_run(tmp_path, f"{TESTBED} --defect {defect}", row)
-    assert cli.returncode == 1, cli.stdout[-3000:]
-    (scenario,) = report["scenarios"]
-    failed = {r["id"]: r for r in scenario["rules"] if r["verdict"] == "fail"}
-    assert set(failed) == expected, f"{defect} on {row}: {cli.stdout[-3000:]}"
+    _, failed = fails_exactly(cli, report, expected, f"{defect} on {row}")
     for rule in failed.values():
         assert rule["evidence"], f"{rule['id']} failed without evidence"
     texts = " ".join(e["text"] for r in failed.values() for e in r["evidence"])

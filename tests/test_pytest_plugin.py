@@ -8,18 +8,14 @@ import sys
 
 import pytest
 
+from tests.harness import record_example_suite
+
 ROWS = "no-load/sigkill/serve or under-load/sigkill/worker or oom/gpu-hog"
 
 
 @pytest.mark.slow
 def test_example_suite_under_record_verifies(tmp_path):
-    env = {**os.environ, "OMNITRACE_SIM_GPU": str(tmp_path / "gpu"), "PYTHONPATH": os.getcwd()}
-    timeline = tmp_path / "run.jsonl"
-    recorded = subprocess.run(
-        [sys.executable, "-m", "omnitrace.cli", "record", "-o", str(timeline), "--",
-         sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "examples/reliability",
-         "-k", ROWS],
-        env=env, capture_output=True, text=True, timeout=240)
+    recorded, timeline, env = record_example_suite(tmp_path, ROWS)
     assert recorded.returncode == 0, recorded.stdout[-3000:] + recorded.stderr[-3000:]
     assert "3 passed" in recorded.stdout
     verified = subprocess.run([sys.executable, "-m", "omnitrace.cli", "verify", str(timeline),

@@ -146,12 +146,17 @@ def test_memory_the_old_incarnation_still_holds_after_its_exit_is_not_gone():
     assert "were still holding GPU memory beside it" in rules["recovers-within"].summary
 
 
+def failed_starts(b, pids=(200, 201, 202)) -> None:
+    """supervisord starts a new server every 4 s from +1 s; each exits 3 two seconds later."""
+    for n, pid in enumerate(pids):
+        b.spawn(pid, SUPERVISORD, "python3", FAULT + 1 + 4 * n, cmdline=SERVE_CMD)
+        b.exit(pid, FAULT + 3 + 4 * n, code=3)
+
+
 def test_could_not_recover_names_each_failed_start():
     b = supervised()
     old_tree_dies(b, skip=(102,))
-    for n, pid in enumerate((200, 201, 202)):
-        b.spawn(pid, SUPERVISORD, "python3", FAULT + 1 + 4 * n, cmdline=SERVE_CMD)
-        b.exit(pid, FAULT + 3 + 4 * n, code=3)
+    failed_starts(b)
     b.health(FAULT + 0.25, FAULT + 60, 0.5, status=None, error="refused")
     rules = verdicts(marked(b))
     healthy = rules["recovers-within"]
@@ -207,9 +212,7 @@ def blocked_restart(cleanup: bool):
     answers 200. The verdicts must not change with what came after the window."""
     b = supervised()
     old_tree_dies(b, skip=(102,))
-    for n, pid in enumerate((200, 201, 202)):
-        b.spawn(pid, SUPERVISORD, "python3", FAULT + 1 + 4 * n, cmdline=SERVE_CMD)
-        b.exit(pid, FAULT + 3 + 4 * n, code=3)
+    failed_starts(b)
     b.health(FAULT + 0.25, FAULT + 50, 0.5, status=None, error="refused")
     if cleanup:
         b.signal(DRIVER, 102, 15, FAULT + 50.5)

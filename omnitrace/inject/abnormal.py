@@ -17,8 +17,8 @@ import httpx
 
 from omnitrace.inject import marks
 from omnitrace.inject.input_variants import build
-from omnitrace.inject.load import (RequestResult, RequestShape, _finish_span, _is_error_object,
-                                   _openai_error, classify_error, request_spec)
+from omnitrace.inject.load import (RequestResult, RequestShape, finish_span, is_error_object,
+                                   has_openai_error_shape, classify_error, request_spec)
 
 INPUT_TIMEOUT_S = 30.0      # the client's patience for the bad request: above input_answer_s (10)
 RECOVERY_TIMEOUT_S = 30.0   # = input_recovery_s: a later answer fails the rule anyway
@@ -41,7 +41,7 @@ def _exchange(method: str, url: str, timeout_s: float, **request) -> tuple:
         return None, b"", classify_error(exc)
     status = reply.status_code
     reason = "5xx" if status >= 500 else "4xx" if status >= 400 else (
-        "error-event" if _is_error_object(reply.content) else "completed")
+        "error-event" if is_error_object(reply.content) else "completed")
     return status, reply.content, reason
 
 
@@ -52,7 +52,7 @@ def _request(url: str, kind: str, extra: dict, method: str, path: str, timeout_s
     start = time.monotonic()
     status, body, reason = _exchange(method, url + path, timeout_s, **request)
     result = RequestResult(0, kind, path, start, time.monotonic(), status, reason, None, len(body),
-                           _openai_error(body) if status is not None and status >= 400 else None)
+                           has_openai_error_shape(body) if status is not None and status >= 400 else None)
     return result, body, span
 
 
@@ -71,7 +71,7 @@ def send_input(url: str, variant: str, model: str | None, scenario: str | None =
         if result.status is not None and result.status >= 400:   # the evidence shows the body
             span.set_attribute("omnitrace.response.body_head",
                                body[:BODY_HEAD].decode("utf-8", "replace"))
-        _finish_span(span, result)
+        finish_span(span, result)
     marks.flush_load()
     marks.flush()
     return result
@@ -101,6 +101,6 @@ def send_recovery(url: str, model: str | None, keyword: str | None = None,
         span.set_attribute("omnitrace.response.keyword", keyword)
         if found is not None:
             span.set_attribute("omnitrace.response.keyword_found", found)
-    _finish_span(span, result)
+    finish_span(span, result)
     marks.flush_load()
     return result, found

@@ -226,7 +226,7 @@ class Load:
                     body.feed(chunk)
                 tail = body.tail
                 reason = _reason_for(status, body)
-                openai_error = _openai_error(tail) if status >= 400 else None
+                openai_error = has_openai_error_shape(tail) if status >= 400 else None
         except httpx.HTTPError as exc:
             reason = classify_error(exc)
         except asyncio.CancelledError:
@@ -240,7 +240,7 @@ class Load:
             result = RequestResult(index, kind, path, start, end, status, reason, ttfb, nbytes,
                                    openai_error)
             self.results.append(result)
-            _finish_span(span, result)
+            finish_span(span, result)
 
 
 class BodyReader:
@@ -268,7 +268,7 @@ class BodyReader:
     def finish(self) -> None:
         if self.streaming:
             self._event(self._partial.strip())
-        elif _is_error_object(self._partial):
+        elif is_error_object(self._partial):
             self.error_event = True
 
     def _event(self, line: bytes) -> None:
@@ -277,7 +277,7 @@ class BodyReader:
         data = line[5:].strip()
         if data == b"[DONE]":
             self.done = True
-        elif data.startswith(b"{") and b'"error"' in data and _is_error_object(data):
+        elif data.startswith(b"{") and b'"error"' in data and is_error_object(data):
             self.error_event = True
 
 
@@ -290,7 +290,7 @@ def _error_of(data: bytes):
     return doc.get("error") if isinstance(doc, dict) else None
 
 
-def _is_error_object(data: bytes) -> bool:
+def is_error_object(data: bytes) -> bool:
     return _error_of(data) not in (None, "", {})
 
 
@@ -307,13 +307,13 @@ def _reason_for(status: int, body: BodyReader) -> str:
     return "completed"
 
 
-def _openai_error(tail: bytes) -> bool:
+def has_openai_error_shape(tail: bytes) -> bool:
     """Whether an error body has the OpenAI shape {"error": {"message": str, ...}}."""
     error = _error_of(tail)
     return isinstance(error, dict) and isinstance(error.get("message"), str)
 
 
-def _finish_span(span, r: RequestResult) -> None:
+def finish_span(span, r: RequestResult) -> None:
     attributes = {"omnitrace.request.end_reason": r.end_reason, "omnitrace.request.bytes": r.nbytes,
                   "http.response.body.size": r.nbytes}
     if r.status is not None:
