@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 
 from omnitrace.errors import OmnitraceError
+from omnitrace.record.cgroup import ns_pids
 
 RUNTIMES = ("podman", "docker")
 INSPECT_TIMEOUT_S = 30.0   # podman takes its storage lock; on a busy machine that waited seconds
@@ -169,19 +170,6 @@ def remove(ref: str, runtime: str) -> bool:
         print(f"omnitrace: warning: `{' '.join(exc.cmd)}` did not finish within "
               f"{exc.timeout:.0f} s; container {ref} may be left", file=sys.stderr, flush=True)
     return True
-
-
-def ns_pids(host_pid: int) -> list[int]:
-    """The pid in each pid namespace the process is in, outermost (the host's) first: /proc's
-    NSpid line. [host_pid] for a process of the host's namespace; [] when it is gone."""
-    try:
-        with open(f"/proc/{host_pid}/status") as f:
-            for line in f:
-                if line.startswith("NSpid:"):
-                    return [int(p) for p in line.split()[1:]]
-    except OSError:
-        return []
-    return [host_pid]
 
 
 def is_namespace_init(host_pid: int) -> bool:

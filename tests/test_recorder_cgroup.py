@@ -218,7 +218,8 @@ def test_a_container_resolves_to_its_init_s_cgroup(tmp_path, group, monkeypatch)
     try:
         member.ask("fork 0")  # it runs inside now
         fake = tmp_path / "podman"
-        fake.write_text(f"#!/bin/sh\necho '{member.proc.pid} {cid} web'\n")
+        fake.write_text("#!/bin/sh\necho '[{\"Id\": \"%s\", \"Name\": \"web\", \"State\": "
+                        "{\"Pid\": %d, \"Running\": true}}]'\n" % (cid, member.proc.pid))
         fake.chmod(0o755)
         monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
         container = resolve_container("web")

@@ -7,15 +7,12 @@ only what the recorder needs to find a group and read procfs.
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from omnitrace.errors import OmnitraceError
 
 MOUNTINFO = "/proc/self/mountinfo"
-RUNTIMES = ("podman", "docker")
-INSPECT_TIMEOUT_S = 20
 
 
 class CgroupError(OmnitraceError):
@@ -95,35 +92,18 @@ def cgroup_of(pid: int) -> str | None:
 
 # --- containers -----------------------------------------------------------------------------
 def resolve_container(ref: str) -> Container:
-    """NAME or ID -> its running init and cgroup, by the first runtime that knows it."""
+    """NAME or ID -> its running init and cgroup, by the first runtime that knows it (the
+    runtime is asked through omnitrace.container, as injection and the runner ask it)."""
+    from omnitrace import container   # a runtime lookup only when --container is given
     tried = []
-    for runtime in RUNTIMES:
-        fields = _inspect(runtime, ref)
-        if isinstance(fields, str):
-            tried.append(fields)
+    for runtime in container.RUNTIMES:
+        try:
+            found = container.inspect(ref, runtime)
+        except container.ContainerError as exc:
+            tried.append(str(exc).removeprefix(f"--container {ref}: ").removeprefix("--container: "))
             continue
-        pid, cid, name = fields
-        return _container_of(ref, runtime, pid, cid, name)
+        return _container_of(ref, runtime, found.init_pid, found.id, found.name)
     raise CgroupError(f"--container {ref}: no such running container ({'; '.join(tried)})")
-
-
-def _inspect(runtime: str, ref: str) -> tuple[int, str, str] | str:
-    """(init pid, id, name), or why not as a few words."""
-    try:
-        done = subprocess.run([runtime, "inspect", "--format", "{{.State.Pid}} {{.Id}} {{.Name}}",
-                               ref], capture_output=True, text=True, timeout=INSPECT_TIMEOUT_S)
-    except FileNotFoundError:
-        return f"{runtime}: not installed"
-    except subprocess.TimeoutExpired:
-        return f"{runtime}: inspect took over {INSPECT_TIMEOUT_S} s"
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["failed"])[-1]
-        return f"{runtime}: {last[:160]}"
-    try:
-        pid, cid, name = done.stdout.split()[:3]
-        return int(pid), cid, name.lstrip("/")
-    except ValueError:
-        return f"{runtime}: unexpected inspect output {done.stdout.strip()[:80]!r}"
 
 
 def _container_of(ref: str, runtime: str, pid: int, cid: str, name: str) -> Container:
@@ -143,16 +123,16 @@ def _container_of(ref: str, runtime: str, pid: int, cid: str, name: str) -> Cont
 
 # --- the pid namespace view -----------------------------------------------------------------
 def ns_pids(pid: int) -> list[int]:
-    """The pid in each pid namespace it is in, host first (NSpid of /proc/PID/status); [] when
-    gone."""
+    """The pid in each pid namespace it is in, host first (NSpid of /proc/PID/status); [pid] on
+    a kernel without NSpid; [] when gone."""
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
                 if line.startswith(b"NSpid:"):
                     return [int(n) for n in line.split()[1:]]
     except (OSError, ValueError):
-        pass
-    return []
+        return []
+    return [pid]
 
 
 def ns_pid(pid: int) -> int | None:
