@@ -320,3 +320,45 @@ def test_the_evidence_shows_the_refusals_body():
     rule = verdicts(b)["input-rejected"]
     assert rule.verdict == "fail"
     assert rule.evidence[0].text.endswith('HTTP 400 after 0.019 s, body \'{"detail":"There was an error"}\'')
+
+
+SLOW_RECOVERY_APP = '''\
+import http.server, json, sys, time
+class H(http.server.BaseHTTPRequestHandler):
+    def answer(self, status, doc):
+        body = json.dumps(doc).encode()
+        self.send_response(status); self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def do_GET(self):
+        self.answer(200, {"data": [{"id": "m"}]} if self.path == "/v1/models" else {})
+    def do_POST(self):
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            json.loads(raw)
+        except ValueError:
+            return self.answer(400, {"error": {"message": "bad JSON", "type": "BadRequestError"}})
+        time.sleep(float(sys.argv[2]))   # the server's slow answer to the valid request
+        self.answer(200, {"choices": [{"message": {"role": "assistant", "content": "hi"}}]})
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+'''
+
+
+def test_an_input_row_is_not_settled_before_its_recovery_is_answered(tmp_path):
+    """The window must stay open until the recovery request is answered: input-recovery needs
+    that answer. A server that takes longer than the driver's settle grace to answer it must
+    still be seen answering (a merge once let such rows settle at once; seen on a busy machine,
+    where the testbed's recovery took over a second)."""
+    from omnitrace.inject.scenario import SETTLE_GRACE_S, Driver, Plan
+    from omnitrace.inject.server import free_port
+    app = tmp_path / "slow_recovery.py"
+    app.write_text(SLOW_RECOVERY_APP)
+    port = free_port()
+    delay = SETTLE_GRACE_S + 1.5
+    plan = Plan(row="abnormal-input/malformed-json", fault="input", target="serve", load=False,
+                observe_s=30, serve=f"{sys.executable} {app} {{port}} {delay}", port=port,
+                url=f"http://127.0.0.1:{port}", input="malformed-json", input_recovery_s=30)
+    outcome = Driver(plan).run()
+    assert outcome.error is None and outcome.settled, outcome
+    assert [p.split(":")[:2] for p in outcome.probes] == [["input", "400"], ["chat", "200"]], \
+        outcome.probes

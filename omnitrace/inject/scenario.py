@@ -295,7 +295,7 @@ class Driver:
         watchers = [threading.Thread(target=self.watch_health, daemon=True)]
         if p.fault == "input":
             watchers.append(threading.Thread(target=self.run_recovery, daemon=True))
-        if self.supervisor:
+        elif self.supervisor:
             watchers.append(threading.Thread(target=self.await_recovery, daemon=True))
         elif p.target in ("worker", "gpu") or p.fault == "oom":
             watchers.append(threading.Thread(target=self.run_probes, daemon=True))
