@@ -411,6 +411,29 @@ TRACEPOINT_PROBE(syscalls, sys_exit_waitid)
     return 0;
 }
 
+/* A process can be reaped with no wait call: when a pid namespace's init exits, the kernel kills
+ * and reaps the rest of the namespace itself (a container's teardown), and a child of a parent
+ * that ignores SIGCHLD is released at its exit. The task is freed (after an RCU grace period)
+ * only once reaped, so a traced pid still in `traced` here was reaped by a path the wait
+ * tracepoints did not show. A reap seen by wait4/waitid removed its pid already, so this
+ * records only the others. (The pid could in theory be handed out again between the reap and
+ * this callback; that needs the pid space to wrap within a grace period.) */
+TRACEPOINT_PROBE(sched, sched_process_free)
+{
+    u32 pid = args->pid;
+    if (!traced.lookup(&pid))
+        return 0;
+    traced.delete(&pid);
+    struct ot_event *e = reserve(OT_RELEASE);
+    if (!e)
+        return 0;
+    e->pid = pid;
+    e->tid = pid;
+    TP_DATA_LOC_READ_STR(&e->comm, comm, sizeof(e->comm));
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
 TRACEPOINT_PROBE(signal, signal_generate)
 {
     u64 id = bpf_get_current_pid_tgid();

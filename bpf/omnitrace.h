@@ -25,6 +25,7 @@ enum ot_kind {
     OT_SIGNAL_DLV = 7,   /* pid/tid: receiver; sig, code; handler: sa_handler */
     OT_RENAME = 8,       /* pid/tid: renamed thread; comm: old; comm2: new */
     OT_OOM_KILL = 9,     /* pid: victim; comm */
+    OT_RELEASE = 10,     /* pid: a traced process the kernel freed with no wait call seen; comm */
 };
 
 #define OT_F_THREAD        0x1

@@ -124,9 +124,17 @@ class ExitGroup(Event):
     code: int = 0
 
 
+# A reap with no wait call: the kernel freed the process (a pid namespace's teardown reaps the
+# namespace's processes itself; a parent that ignores SIGCHLD has its children released at exit).
+KERNEL_REAP = "kernel"
+KERNEL_REAPER = 0
+
+
 @dataclass(slots=True)
 class Reap(Event):
-    """`reaper` collected the exit status of `pid` with wait4/waitid."""
+    """`reaper` collected the exit status of `pid` with wait4/waitid; or, with syscall
+    KERNEL_REAP, the kernel freed `pid` with no wait call seen (reaper KERNEL_REAPER, no status,
+    `t` when it was freed: at most an RCU grace period after the reap itself)."""
     kind: ClassVar[str] = "reap"
     reaper: int
     pid: int

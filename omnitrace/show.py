@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from omnitrace.events import signal_name
+from omnitrace.events import KERNEL_REAPER, signal_name
 from omnitrace.model import Model, Process, build_model
 from omnitrace.model.roles import RolePatterns
 from omnitrace.timeline import read_timeline
@@ -138,7 +138,8 @@ def _after_window(t: float | None, windows: list[dict[str, Any]]) -> str:
 
 
 def _process_line(v: dict[str, Any], windows: list[dict[str, Any]] = ()) -> str:
-    reaped = "-" if v["reaped_by"] is None else str(v["reaped_by"])
+    reaped = "-" if v["reaped_by"] is None else (
+        "kernel" if v["reaped_by"] == KERNEL_REAPER else str(v["reaped_by"]))
     name = display_name(v["name"], v["cmdline"])
     if v["reparented_to"] is not None:
         name += (f"  (orphan: re-parented to {v['reparented_to']} at "

@@ -112,6 +112,18 @@ def test_seed_rows_pass_with_the_testbed_in_a_container(seed_run):
     assert verdicts(report, "under-load/sigkill/worker")["inflight-fail-fast"] == "pass"
 
 
+def test_the_namespace_s_teardown_reaps_decide_no_zombies(seed_run):
+    """The container's init dies: the kernel reaps the rest of the namespace with no wait call,
+    and the recorder writes those reaps, so no-zombies decides on the serve rows."""
+    _, cli, report = seed_run
+    for row in (*SEED_ROWS[:2], TEARDOWN_ROW):
+        scenario = next(s for s in report["scenarios"] if s["id"] == row)
+        rule = next(r for r in scenario["rules"] if r["id"] == "no-zombies")
+        assert rule["verdict"] == "pass", (row, rule)
+        text = " ".join(e["text"] for e in rule["evidence"])
+        assert "by the kernel (no wait call)" in text, (row, text)   # the last one was a helper
+
+
 def test_a_helper_that_ignores_sigterm_dies_with_the_namespace(seed_run):
     """Outside a container the resource tracker ignores "kill all"'s SIGTERM and exits by itself
     once the server is gone; inside, the init's exit makes the kernel SIGKILL it first. The

@@ -35,7 +35,7 @@ def test_perfetto_trace_has_a_track_per_process_with_lifetime_and_instants(recor
     instants = [(e["pid"], e["name"]) for e in events if e["ph"] == "i"]
     assert (STAGES[0], "SIGKILL sent") in instants
     assert (STAGES[0], "exit (SIGKILL)") in instants
-    assert (STAGES[1], f"reaped by {SERVE}") in instants
+    assert (STAGES[1], f"reaped by pid {SERVE}") in instants
     counters = [e for e in events if e["ph"] == "C" and e["name"] == "GPU 0 memory used"]
     assert [c["args"]["bytes"] for c in counters] == [1 << 30, 0]
     http = [e for e in events if e.get("cat", "").startswith("http.") and e["ph"] == "b"]

@@ -18,6 +18,7 @@ import pytest
 from omnitrace import events as ev
 from omnitrace.record.cgroup import (CgroupError, cgroup2_mount, member_pids, resolve_container,
                                      resolve_group)
+from omnitrace.model import build_model
 from omnitrace.timeline import read_timeline
 from tests.recording import OMNITRACE, QUIET_SOURCES, REPO, WORKLOADS
 
@@ -256,3 +257,56 @@ def test_a_shell_as_a_namespace_init_reaps_under_host_pids(tmp_path):
     assert [(r.reaper, r.exit_code) for r in reap] == [(forks[2].ppid, 3)]
     assert not of(timeline, ev.Reap, pid=2)  # never under the namespace pid
     assert "unresolved_reaps" not in timeline.footer["counters"]["kernel"]
+
+
+def test_a_namespace_s_teardown_reaps_are_written_as_the_kernel_s(tmp_path):
+    """When a pid namespace's init exits, the kernel kills and reaps the rest of the namespace
+    with no wait call (a container's teardown): each of those processes is reaped by the kernel,
+    once, and the init itself by its parent's wait4."""
+    out = tmp_path / "teardown.jsonl"
+    done = subprocess.run(OMNITRACE + ["record", "-o", str(out), *QUIET_SOURCES, "--",
+                                       "unshare", "--pid", "--fork",
+                                       "sh", "-c", "sleep 1000 & sleep 1000 & exit 0"],
+                          cwd=REPO, capture_output=True, text=True, timeout=EVENT_WAIT_S)
+    assert done.returncode == 0, done.stderr
+    timeline = read_timeline(out)
+    sleeps = [f for f in of(timeline, ev.Fork, thread=False) if f.ns_pid in (2, 3)]
+    assert len(sleeps) == 2 and sleeps[0].ppid == sleeps[1].ppid, timeline.events
+    init = of(timeline, ev.Fork, pid=sleeps[0].ppid, thread=False)  # unshare forked it
+    for fork in sleeps:
+        exits = [e for e in of(timeline, ev.Exit, pid=fork.pid) if e.group_dead]
+        reaps = of(timeline, ev.Reap, pid=fork.pid)
+        assert len(exits) == 1
+        assert [(r.reaper, r.syscall, r.status) for r in reaps] == [(0, "kernel", None)]
+        assert reaps[0].t >= exits[0].t
+    init_reaps = of(timeline, ev.Reap, pid=init[0].pid)
+    assert [(r.reaper, r.syscall) for r in init_reaps] == [(init[0].ppid, "wait4")]
+    model = build_model(timeline)
+    for fork in sleeps:
+        proc = model.process(fork.pid, fork.t)
+        assert proc.reap_t is not None
+        assert proc.reaper_label() == "the kernel (no wait call)"
+
+
+def test_children_of_a_parent_ignoring_sigchld_are_reaped_by_the_kernel(tmp_path):
+    """A parent that ignores SIGCHLD never reaps: the kernel releases its children at exit.
+    Without this record they would look like zombies that were never reaped."""
+    code = ("import os, signal\n"
+            "signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
+            "child = os.fork()\n"
+            "if child == 0:\n"
+            "    os._exit(5)\n"
+            "try:\n"
+            "    os.waitpid(child, 0)   # returns only once the kernel released it: ECHILD\n"
+            "except ChildProcessError:\n"
+            "    pass\n"
+            "print(child)\n")
+    out = tmp_path / "sigign.jsonl"
+    done = subprocess.run(OMNITRACE + ["record", "-o", str(out), *QUIET_SOURCES, "--",
+                                       sys.executable, "-c", code],
+                          cwd=REPO, capture_output=True, text=True, timeout=EVENT_WAIT_S)
+    assert done.returncode == 0, done.stderr
+    child = int(done.stdout)
+    timeline = read_timeline(out)
+    reaps = of(timeline, ev.Reap, pid=child)
+    assert [(r.reaper, r.syscall) for r in reaps] == [(0, "kernel")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from omnitrace.events import Span
+from omnitrace.model import build_model
 from omnitrace.model.synthetic import TimelineBuilder, ns
 from omnitrace.verify.engine import verify_timeline
 from omnitrace.verify.matrix import load_matrix
@@ -51,13 +52,14 @@ def gpu_back(b, t):
     b.gpu(0, 0.5, t).gpu(1, 0.5, t)
 
 
-def sigkill_serve(b, orphan=False, end=45.0):
-    """SIGKILL to the serve root; workers follow by parent-death handling unless `orphan`."""
+def sigkill_serve(b, orphan=False, end=45.0, reaper=1):
+    """SIGKILL to the serve root; workers follow by parent-death handling unless `orphan`;
+    `reaper` (init by default) collects them, none when None."""
     b.health(3.0, FAULT, 0.5)
     b.signal(INJECTOR, SERVE, 9, FAULT)
     b.exit(SERVE, FAULT + 0.001)
     b.reap(HARNESS, SERVE, FAULT + 0.01, sig=9)
-    children_die(b, FAULT + 0.2, reaper=1, sig=15, skip=(102,) if orphan else ())
+    children_die(b, FAULT + 0.2, reaper=reaper, sig=15, skip=(102,) if orphan else ())
     if orphan:
         b.snapshot(102, 1, FAULT + 1.0)     # procfs confirms the re-parenting to init
         b.gpu(0, 20.5, FAULT + 0.5).gpu(1, 0.5, FAULT + 0.5)
@@ -266,6 +268,28 @@ def test_no_zombies_fails_on_an_unreaped_worker():
     rule = verdicts(sigterm_serve(server(), unreaped=(103,)))["no-zombies"]
     assert rule.verdict == "fail"
     assert rule.evidence[0].pid == 103 and "never reaped" in rule.evidence[0].text
+
+
+def test_no_zombies_counts_a_namespace_s_teardown_as_reaps_by_the_kernel():
+    """A container's init killed: the kernel reaps the rest of its namespace itself."""
+    b = sigkill_serve(server(), reaper=None)
+    for n, pid in enumerate([TRACKER, 103, 104]):
+        b.kernel_reap(pid, FAULT + 0.3 + 0.01 * n)
+    rule = verdicts(b)["no-zombies"]
+    assert rule.verdict == "fail"   # 102 was neither waited for nor freed: a zombie
+    assert [e.pid for e in rule.evidence] == [102]
+    b.kernel_reap(102, FAULT + 0.5)
+    rule = verdicts(b)["no-zombies"]
+    assert rule.verdict == "pass", rule.summary
+    assert "by the kernel (no wait call)" in rule.evidence[0].text
+
+
+def test_a_wait_call_s_reap_is_kept_over_the_kernel_s_release_seen_first():
+    b = sigkill_serve(server())
+    b.kernel_reap(SERVE, FAULT + 0.005)   # the free can reach the ring buffer before the wait call
+    proc = build_model(b.timeline()).process(SERVE, ns(FAULT))
+    assert proc.reaped_by == HARNESS and proc.reap_signal == 9
+    assert proc.reap_t == ns(FAULT + 0.005)
 
 
 def test_no_zombies_is_inconclusive_without_the_kernel_source():

@@ -508,7 +508,7 @@ def _end_marks(canvas: _Canvas, proc: Process, mid: float) -> None:
                    f'</title></path>')
     if proc.reap_t is not None and w.start <= proc.reap_t <= w.end:
         canvas.add(f'<circle class="reap" cx="{canvas.x(proc.reap_t):.1f}" cy="{mid}" r="4">'
-                   f'<title>reaped by pid {proc.reaped_by} at {_seconds(proc.reap_t - w.zero)} s'
+                   f'<title>reaped by {_e(proc.reaper_label())} at {_seconds(proc.reap_t - w.zero)} s'
                    f'</title></circle>')
 
 

@@ -219,7 +219,7 @@ class _Builder:
                 self.log(proc.exit_t, ERROR if killed_by else INFO,
                          f"{proc.pid_label()} {proc.name} exited: {how}", proc, **{"process.pid": proc.pid})
             if proc.reap_t is not None:
-                self.log(proc.reap_t, INFO, f"{proc.pid_label()} reaped by pid {proc.reaped_by}", proc,
+                self.log(proc.reap_t, INFO, f"{proc.pid_label()} reaped by {proc.reaper_label()}", proc,
                          **{"process.pid": proc.pid, "omnitrace.reaper": proc.reaped_by})
         for event in self.model.timeline.of_kind("oom_kill", "lost", "gpu_error", "log"):
             proc = self.model.process(event.pid, event.t) if hasattr(event, "pid") else None

@@ -154,6 +154,6 @@ class _TraceBuilder:
                 signal_name(killed_by) if killed_by else "unknown status")
             self.instant(pid, f"exit ({how})", proc.exit_t, {"exit_code": code})
         if proc.reap_t is not None:
-            self.instant(pid, f"reaped by {proc.reaped_by}", proc.reap_t,
+            self.instant(pid, f"reaped by {proc.reaper_label()}", proc.reap_t,
                          {"reaper": proc.reaped_by, "exit_code": proc.reap_code,
                           "signal": signal_name(proc.reap_signal) if proc.reap_signal else None})

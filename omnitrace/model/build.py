@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from omnitrace.events import KERNEL_REAP, KERNEL_REAPER
 from omnitrace.model.gpu import GpuUsage
 from omnitrace.model.http import request_from_span
 from omnitrace.model.marks import mark_from_span
@@ -85,11 +86,19 @@ class _Builder:
 
     def reap(self, i, e):
         proc = self.current.get(e.pid)
-        if proc is None or proc.reap_t is not None:
+        if proc is None:
             return
-        proc.reap_t, proc.reap_ref, proc.reaped_by = e.t, i, e.reaper
+        by_kernel = e.syscall == KERNEL_REAP
+        if proc.reap_t is not None:
+            # The kernel's release can reach the ring buffer before the wait call that reaped
+            # (the free runs a grace period after the reap, the wait tracepoint at the call's
+            # return): the wait call's reaper and status are the better evidence.
+            if by_kernel or proc.reaped_by != KERNEL_REAPER:
+                return
+        reap_t = e.t if proc.reap_t is None else min(proc.reap_t, e.t)
+        proc.reap_t, proc.reap_ref, proc.reaped_by = reap_t, i, e.reaper
         proc.reap_code, proc.reap_signal = e.exit_code, e.signal
-        if proc.parents and proc.parents[-1].ppid is None:
+        if not by_kernel and proc.parents and proc.parents[-1].ppid is None:
             proc.parents[-1].ppid = e.reaper  # the reaper is the parent it was handed to
 
     def signal_generate(self, i, e):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from omnitrace.events import signal_name
+from omnitrace.events import KERNEL_REAPER, signal_name
 
 
 @dataclass(slots=True)
@@ -123,6 +123,13 @@ class Process:
         if self.ns_pid is None or self.ns_pid == self.pid:
             return f"pid {self.pid}"
         return f"pid {self.pid} (ns {self.ns_pid})"
+
+    def reaper_label(self) -> str:
+        """Who reaped it: 'pid 812', or the kernel when it was freed with no wait call seen (a pid
+        namespace's teardown, a parent ignoring SIGCHLD)."""
+        if self.reaped_by == KERNEL_REAPER:
+            return "the kernel (no wait call)"
+        return f"pid {self.reaped_by}"
 
     # --- how it ended -------------------------------------------------------------------------
     def fatal_signal(self) -> SignalReceipt | None:

@@ -10,8 +10,9 @@ Times are seconds from the start of the recording; the builder writes CLOCK_MONO
 """
 from __future__ import annotations
 
-from omnitrace.events import (Event, Exit, ExitGroup, Fork, GpuMemory, GpuProcess, Lost, ProcSnapshot,
-                              Reap, SignalDeliver, SignalGenerate, Span)
+from omnitrace.events import (KERNEL_REAP, KERNEL_REAPER, Event, Exit, ExitGroup, Fork, GpuMemory,
+                              GpuProcess, Lost, ProcSnapshot, Reap, SignalDeliver, SignalGenerate,
+                              Span)
 from omnitrace.timeline import FORMAT, VERSION, Timeline
 
 T0 = 1_000_000_000_000
@@ -60,6 +61,10 @@ class TimelineBuilder:
 
     def reap(self, reaper, pid, t, code=None, sig=None):
         return self.add(Reap(ns(t), reaper, pid, None, code, sig))
+
+    def kernel_reap(self, pid, t):
+        """The kernel freed pid with no wait call (a pid namespace's teardown)."""
+        return self.add(Reap(ns(t), KERNEL_REAPER, pid, syscall=KERNEL_REAP))
 
     def lost(self, source, count, t, end):
         return self.add(Lost(ns(t), source, count, ns(end)))

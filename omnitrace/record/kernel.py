@@ -273,6 +273,9 @@ class KernelSource(Source):
                              newcomm=_text(raw.comm2))
         if kind == abi.OT_OOM_KILL:
             return ev.OomKill(t=t, pid=raw.pid, comm=_text(raw.comm))
+        if kind == abi.OT_RELEASE:
+            ctx.forget_ns_pid(raw.pid)
+            return ev.Reap(t=t, reaper=ev.KERNEL_REAPER, pid=raw.pid, syscall=ev.KERNEL_REAP)
         return None
 
     def _decode_reap(self, raw: abi.RawEvent) -> ev.Reap | None:

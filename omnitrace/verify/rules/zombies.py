@@ -37,7 +37,7 @@ def check(ctx: Context) -> Result:
                                          f"{_reaped(ctx, p, min(limit, ctx.end))}", p.exit_t,
                                          p.exit_ref, p) for p in unreaped])
     last = max(exited, key=lambda p: p.reap_t)
-    evidence = [ctx.cite(f"last reap: {last.label()} by {last.reaped_by} at "
+    evidence = [ctx.cite(f"last reap: {last.label()} by {last.reaper_label()} at "
                          f"{ctx.at(last.reap_t)}", last.reap_t, last.reap_ref, last)]
     running = [p for p in tree if p.exit_t is None]
     if running:
@@ -50,7 +50,7 @@ def check(ctx: Context) -> Result:
 def _reaped(ctx: Context, proc, by: int) -> str:
     """Who left it a zombie: the parent it had at `by` (reaping is the parent's duty)."""
     if proc.reap_t is not None:
-        return f"reaped only at {ctx.at(proc.reap_t)}, by pid {proc.reaped_by}"
+        return f"reaped only at {ctx.at(proc.reap_t)}, by {proc.reaper_label()}"
     ppid = proc.parent_at(by)
     parent = ctx.model.process(ppid, by) if ppid else None
     who = f"its parent {parent.label()}" if parent else f"its parent pid {ppid}"
