@@ -9,7 +9,10 @@
  * kept, so an outside `kill -9` shows up with its sender. With a cgroup to record (config.cgroup),
  * any task under that cgroup v2 group (subgroups included) is traced too, and joins `traced` the
  * first time it hits a tracepoint: a container runtime moves its processes in from outside, so
- * they are not all forked by a traced process.
+ * they are not all forked by a traced process. With config.follow_containers, the same holds for
+ * every container whose cgroup is made while recording (one a daemon starts for the recorded
+ * command: dockerd, containerd, a podman service), so it is followed though no traced process
+ * forked it.
  */
 #include "omnitrace.h"
 
@@ -31,6 +34,9 @@ BPF_HASH(pending_clone, u32, struct clone_call, 65536);  /* tid inside clone()/c
 struct ns_key { u32 reaper; u32 ns_pid; };
 BPF_TABLE("lru_hash", struct ns_key, u32, ns_child, 65536);
 BPF_CGROUP_ARRAY(cgroup_filter, 1);
+BPF_HASH(container_cgroups, u64, u8, 1024);  /* cgroup v2 id of a container made while recording */
+struct path_buf { char path[OT_CGROUP_PATH_LEN]; };
+BPF_PERCPU_ARRAY(path_bufs, struct path_buf, 1);
 struct wait_call { u64 addr; u32 options; u32 is_waitid; };
 BPF_HASH(pending_wait, u32, struct wait_call, 65536);
 BPF_PERCPU_ARRAY(lost, struct ot_lost, 1);
@@ -53,6 +59,19 @@ static __always_inline bool is_traced(u32 tgid)
     return trace_all() || traced.lookup(&tgid) != NULL;
 }
 
+static __always_inline bool in_recorded_cgroup(struct ot_config *c)
+{
+    return c->cgroup && cgroup_filter.check_current_task(0) == 1;
+}
+
+static __always_inline bool in_followed_container(struct ot_config *c)
+{
+    if (!c->follow_containers)
+        return false;
+    u64 id = bpf_get_current_cgroup_id();
+    return container_cgroups.lookup(&id) != NULL;
+}
+
 /* Whether the current task is followed: traced already, or under the recorded cgroup, in which
  * case it joins `traced` (and its thread `thread_owner`) so that signals sent to it by pid from
  * outside the group are kept as well. */
@@ -63,7 +82,7 @@ static __always_inline bool current_traced(void)
     if (is_traced(tgid))
         return true;
     struct ot_config *c = settings();
-    if (!c || !c->cgroup || cgroup_filter.check_current_task(0) != 1)
+    if (!c || !(in_recorded_cgroup(c) || in_followed_container(c)))
         return false;
     u8 one = 1;
     traced.update(&tgid, &one);
@@ -430,6 +449,67 @@ TRACEPOINT_PROBE(sched, sched_process_free)
     e->pid = pid;
     e->tid = pid;
     TP_DATA_LOC_READ_STR(&e->comm, comm, sizeof(e->comm));
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+#define CONTAINER_ID_LEN 64
+#define SCOPE_SUFFIX_LEN 6  /* ".scope" */
+
+static __always_inline bool is_hex(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+}
+
+/* Whether a cgroup path (len bytes, no NUL) names a container: its last component ends with a
+ * 64-hex container id, or with one and ".scope", right after a '/' or '-' (podman's
+ * libpod-ID, docker's docker-ID.scope and /docker/ID, containerd's cri-containerd-ID.scope,
+ * CRI-O's crio-ID.scope). Fixed offsets from the end, no scan: the verifier takes a 64-step
+ * loop with no state but its index. */
+static __always_inline bool names_a_container(const char *path, long len)
+{
+    long end = len;
+    if (end > SCOPE_SUFFIX_LEN && path[(end - 6) & (OT_CGROUP_PATH_LEN - 1)] == '.' &&
+        path[(end - 5) & (OT_CGROUP_PATH_LEN - 1)] == 's')
+        end -= SCOPE_SUFFIX_LEN;
+    long start = end - CONTAINER_ID_LEN;
+    if (start < 1)
+        return false;
+    char before = path[(start - 1) & (OT_CGROUP_PATH_LEN - 1)];
+    if (before != '/' && before != '-')
+        return false;
+    for (int k = 0; k < CONTAINER_ID_LEN; k++) {
+        if (!is_hex(path[(start + k) & (OT_CGROUP_PATH_LEN - 1)]))
+            return false;
+    }
+    return true;
+}
+
+/* A container's cgroup is made before its runtime moves the container's first process in: from
+ * then on a task in it is traced (current_traced). Hierarchy 0 is cgroup v2, whose ids are what
+ * bpf_get_current_cgroup_id returns (a v1 hierarchy numbers its groups on its own). */
+TRACEPOINT_PROBE(cgroup, cgroup_mkdir)
+{
+    struct ot_config *c = settings();
+    if (!c || !c->follow_containers || args->root != 0)
+        return 0;
+    int zero = 0;
+    struct path_buf *pb = path_bufs.lookup(&zero);
+    if (!pb)
+        return 0;
+    unsigned short offset = args->data_loc_path & 0xFFFF;
+    long copied = bpf_probe_read_kernel_str(pb->path, OT_CGROUP_PATH_LEN, (char *)args + offset);
+    if (copied <= 1 || !names_a_container(pb->path, copied - 1))
+        return 0;
+    u64 id = args->id;
+    u8 one = 1;
+    container_cgroups.update(&id, &one);
+    struct ot_event *e = reserve(OT_CONTAINER);
+    if (!e)
+        return 0;
+    fill_current(e);
+    e->handler = id;
+    bpf_probe_read_kernel_str(&e->filename, sizeof(e->filename), pb->path);
     events.ringbuf_submit(e, 0);
     return 0;
 }

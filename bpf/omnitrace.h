@@ -26,6 +26,8 @@ enum ot_kind {
     OT_RENAME = 8,       /* pid/tid: renamed thread; comm: old; comm2: new */
     OT_OOM_KILL = 9,     /* pid: victim; comm */
     OT_RELEASE = 10,     /* pid: a traced process the kernel freed with no wait call seen; comm */
+    OT_CONTAINER = 11,   /* a container's cgroup was made (follow_containers): handler: its v2 id;
+                            filename: its path (cut at 127 bytes); pid/tid/comm: who made it */
 };
 
 #define OT_F_THREAD        0x1
@@ -65,6 +67,10 @@ struct ot_config {
     __u32 cgroup;        /* 1: also trace every task under cgroup_filter[0] */
     __u64 host_ns_dev;   /* the recorder's pid namespace (st_dev, st_ino of /proc/self/ns/pid): */
     __u64 host_ns_ino;   /* a reaper outside it sees its children's pids in its own namespace */
+    __u32 follow_containers;  /* 1: also trace every container whose cgroup is made while recording */
+    __u32 _pad;
 };
+
+#define OT_CGROUP_PATH_LEN 256
 
 #endif

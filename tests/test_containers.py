@@ -333,3 +333,81 @@ def test_sigterm_to_a_pid_1_server_without_a_handler_is_dropped_by_the_kernel(ru
     assert not container_exists(outcome["container"]["id"])
     port = int(outcome["container"]["name"].rsplit("-", 1)[1])
     assert nothing_left_of(outcome["container"]["id"], port) == []
+
+
+# --- a container a daemon starts for the recorded command -------------------------------------
+
+@pytest.fixture
+def runtime_daemon(run_args, tmp_path):
+    """A stand-in for dockerd or a podman service: a process outside the recorded command that
+    runs a container when asked on a FIFO and answers the container's exit status on another.
+    The container: a shell (pid 1 there) that runs a child exiting 3, then exits 7."""
+    ask, answer, cidfile = tmp_path / "ask", tmp_path / "answer", tmp_path / "cid"
+    os.mkfifo(ask)
+    os.mkfifo(answer)
+    name = f"omnitrace-daemon-{free_port()}"
+    run = shlex.join(["podman", "run", "--rm", "--name", name, "--cidfile", str(cidfile),
+                      *run_args, IMAGE,
+                      "sh", "-c", "sh -c 'exit 3'; exit 7"])
+    daemon = subprocess.Popen(["sh", "-c", f"read _ < {ask}; {run} >/dev/null 2>&1; "
+                               f"echo $? > {answer}"], start_new_session=True)
+    try:
+        yield ask, answer, cidfile
+    finally:
+        if daemon.poll() is None:
+            os.killpg(daemon.pid, signal.SIGKILL)
+        daemon.wait(timeout=60)
+        subprocess.run(["podman", "rm", "-f", name], capture_output=True, timeout=120)
+
+
+def _record_asking_the_daemon(tmp_path, ask, answer, *flags) -> "Timeline":
+    from omnitrace.timeline import read_timeline
+    out = tmp_path / f"daemon{len(flags)}.jsonl"
+    rec = omnitrace("record", "-o", str(out), "--gpu", "off", "--no-health", "--no-otlp", *flags,
+                    "--", "sh", "-c", f"echo run > {ask}; cat {answer}", timeout=300)
+    assert rec.returncode == 0 and rec.stdout.strip() == "7", rec.stdout + rec.stderr[-2000:]
+    return read_timeline(out)
+
+
+def _container_exits(timeline, cid: str) -> dict[int, int]:
+    """ns pid -> exit code of the processes the timeline shows in the container's cgroup."""
+    from omnitrace.events import ExitGroup, ProcSnapshot
+    assert re.fullmatch(r"[0-9a-f]{64}", cid), cid
+    in_container = {e.pid: e.ns_pid for e in timeline.events
+                    if isinstance(e, ProcSnapshot) and cid in (e.cgroup or "")}
+    return {in_container[e.pid]: e.code for e in timeline.events
+            if isinstance(e, ExitGroup) and e.pid in in_container}
+
+
+def _container_init(timeline, cid: str) -> int:
+    from omnitrace.events import ProcSnapshot
+    [init] = {e.pid for e in timeline.events
+              if isinstance(e, ProcSnapshot) and cid in (e.cgroup or "") and e.ns_pid == 1}
+    return init
+
+
+def test_a_container_a_daemon_starts_is_followed_with_follow_containers(runtime_daemon,
+                                                                        tmp_path):
+    """The container descends from the daemon, not from the recorded command: only
+    --follow-containers (its cgroup made while recording) brings it into the recording, from its
+    init's first exec, with both pids and the child the init forked."""
+    ask, answer, cidfile = runtime_daemon
+    timeline = _record_asking_the_daemon(tmp_path, ask, answer, "--follow-containers")
+    from omnitrace.events import Fork, Reap
+    cid = cidfile.read_text().strip()
+    exits = _container_exits(timeline, cid)
+    assert exits.get(1) == 7, exits   # the container's init, by its namespace pid
+    init = _container_init(timeline, cid)
+    [child] = [e for e in timeline.events if isinstance(e, Fork) and not e.thread
+               and e.ppid == init]
+    assert child.ns_pid is not None and child.ns_pid > 1
+    reaps = [e for e in timeline.events if isinstance(e, Reap) and e.pid == child.pid]
+    assert [(r.reaper, r.exit_code) for r in reaps] == [(child.ppid, 3)]
+    assert timeline.footer["counters"]["kernel"]["containers_followed"] >= 1
+    assert timeline.header["sources"]["kernel"]["follow_containers"] is True
+
+
+def test_without_follow_containers_a_daemon_s_container_is_not_recorded(runtime_daemon, tmp_path):
+    ask, answer, cidfile = runtime_daemon
+    timeline = _record_asking_the_daemon(tmp_path, ask, answer)
+    assert _container_exits(timeline, cidfile.read_text().strip()) == {}

@@ -27,6 +27,11 @@ def _default_output() -> Path:
                    "path /proc/PID/cgroup shows). Needs BPF.")
 @click.option("--container", metavar="NAME|ID",
               help="Trace a running podman or docker container: its cgroup, as --cgroup.")
+@click.option("--follow-containers", is_flag=True,
+              help="Also trace every container whose cgroup is made while recording (its name "
+                   "carries a 64-hex container id: podman, docker, containerd, CRI-O), from its "
+                   "first process on: a container a daemon starts for the command is not its "
+                   "descendant. Needs BPF.")
 @click.option("--no-bpf", is_flag=True, help="Do not load BPF: poll procfs instead (lower precision).")
 @click.option("--snapshot-interval", default=1.0, show_default=True, type=click.FloatRange(0.05),
               help="Seconds between procfs snapshots of each traced process.")
@@ -52,7 +57,7 @@ def _default_output() -> Path:
                    "'vllm-omni'; env OMNITRACE_MATRIX): written into the header, so verify "
                    "checks against it anywhere.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def record(output, attach, trace_all, cgroup_path, container, no_bpf, snapshot_interval, linger, keep_root, gpu,
+def record(output, attach, trace_all, cgroup_path, container, follow_containers, no_bpf, snapshot_interval, linger, keep_root, gpu,
            health_url, health_rate, no_health, no_otlp, metrics_port, metrics_host, matrix_file,
            command):
     """Run COMMAND and record what happens to its process tree.
@@ -65,7 +70,7 @@ def record(output, attach, trace_all, cgroup_path, container, no_bpf, snapshot_i
     options = RecordOptions(output=output or _default_output(), command=list(command),
                             attach=list(attach), trace_all=trace_all, no_bpf=no_bpf,
                             snapshot_interval_s=snapshot_interval, linger_s=linger,
-                            keep_root=keep_root)
+                            keep_root=keep_root, follow_containers=follow_containers)
     _resolve_group(options, cgroup_path, container)
     if matrix_file:  # read before anything runs: a bad file stops here, exit 2
         from omnitrace.verify.matrix import BUILTIN, header_entry, load_matrix

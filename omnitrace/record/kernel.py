@@ -34,7 +34,7 @@ TRACEPOINTS = [
     "syscalls:sys_enter_fork", "syscalls:sys_enter_vfork",
     "syscalls:sys_enter_wait4", "syscalls:sys_exit_wait4", "syscalls:sys_enter_waitid",
     "syscalls:sys_exit_waitid", "signal:signal_generate", "signal:signal_deliver",
-    "task:task_rename", "oom:mark_victim",
+    "task:task_rename", "oom:mark_victim", "sched:sched_process_free", "cgroup:cgroup_mkdir",
 ]
 TRACEFS = Path("/sys/kernel/tracing")
 
@@ -62,9 +62,11 @@ class KernelSource(Source):
     name = "kernel"
 
     def __init__(self, trace_all: bool = False, ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
-                 group: cg.Group | None = None):
+                 group: cg.Group | None = None, follow_containers: bool = False):
         self.trace_all = trace_all
         self.group = group
+        self.follow_containers = follow_containers
+        self._containers: list[str] = []  # cgroups of the containers followed, as made
         self._unresolved_reaps = 0
         self.ringbuf_pages = ringbuf_pages
         self._bpf = None
@@ -105,7 +107,7 @@ class KernelSource(Source):
         dev, ino = cg.own_pid_ns() or (0, 0)
         self._bpf[b"config"][ctypes.c_int(0)] = abi.RawConfig(
             trace_all=int(self.trace_all), cgroup=int(self.group is not None),
-            host_ns_dev=dev, host_ns_ino=ino)
+            host_ns_dev=dev, host_ns_ino=ino, follow_containers=int(self.follow_containers))
 
     def start(self, ctx: RecordContext) -> None:
         self._thread = threading.Thread(target=self._poll_loop, name="kernel-poll", daemon=True)
@@ -127,12 +129,15 @@ class KernelSource(Source):
                 "ringbuf_bytes": self.ringbuf_pages * 4096}
         if self.group is not None:
             info["cgroup"] = self.group.relative
+        info["follow_containers"] = self.follow_containers
         return info
 
     def counters(self) -> dict[str, int]:
         counts = {"events": self._events, "lost": self._lost}
         if self._unresolved_reaps:  # reaps inside a pid namespace of a child never met
             counts["unresolved_reaps"] = self._unresolved_reaps
+        if self.follow_containers:
+            counts["containers_followed"] = len(self._containers)
         return counts
 
     # -- the traced set ---------------------------------------------------------------------
@@ -224,7 +229,7 @@ class KernelSource(Source):
 
     def _on_record(self, _ctx, data, _size) -> int:
         raw = ctypes.cast(data, ctypes.POINTER(abi.RawEvent)).contents
-        if self.group is not None:
+        if self.group is not None or self.follow_containers:
             self._meet_members(raw)
         event = self._decode(raw)
         if event is not None:
@@ -273,6 +278,9 @@ class KernelSource(Source):
                              newcomm=_text(raw.comm2))
         if kind == abi.OT_OOM_KILL:
             return ev.OomKill(t=t, pid=raw.pid, comm=_text(raw.comm))
+        if kind == abi.OT_CONTAINER:
+            self._containers.append(_text(raw.filename))
+            return None
         if kind == abi.OT_RELEASE:
             ctx.forget_ns_pid(raw.pid)
             return ev.Reap(t=t, reaper=ev.KERNEL_REAPER, pid=raw.pid, syscall=ev.KERNEL_REAP)

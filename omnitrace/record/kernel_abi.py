@@ -2,7 +2,7 @@
 import ctypes
 
 OT_FORK, OT_EXEC, OT_EXIT, OT_EXIT_GROUP, OT_REAP, OT_SIGNAL_GEN, OT_SIGNAL_DLV, OT_RENAME, \
-    OT_OOM_KILL, OT_RELEASE = range(1, 11)
+    OT_OOM_KILL, OT_RELEASE, OT_CONTAINER = range(1, 12)
 
 OT_F_THREAD = 0x1
 OT_F_GROUP_DEAD = 0x2
@@ -38,4 +38,5 @@ class RawLost(ctypes.Structure):
 
 class RawConfig(ctypes.Structure):
     _fields_ = [("trace_all", ctypes.c_uint32), ("cgroup", ctypes.c_uint32),
-                ("host_ns_dev", ctypes.c_uint64), ("host_ns_ino", ctypes.c_uint64)]
+                ("host_ns_dev", ctypes.c_uint64), ("host_ns_ino", ctypes.c_uint64),
+                ("follow_containers", ctypes.c_uint32), ("_pad", ctypes.c_uint32)]

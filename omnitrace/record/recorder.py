@@ -36,6 +36,7 @@ class RecordOptions:
     trace_all: bool = False
     cgroup: Group | None = None          # --cgroup / --container: every process in this group
     container: Container | None = None   # --container: the container the group is
+    follow_containers: bool = False      # --follow-containers: also every container made meanwhile
     no_bpf: bool = False
     snapshot_interval_s: float = 1.0
     linger_s: float = 1.0
@@ -74,6 +75,9 @@ class Recorder:
         if options.cgroup and options.no_bpf:
             raise OmnitraceError(f"{_group_option(options)}: needs the kernel source, and "
                                  f"--no-bpf turns it off (procfs polling cannot filter by cgroup)")
+        if options.follow_containers and options.no_bpf:
+            raise OmnitraceError("--follow-containers: needs the kernel source, and --no-bpf "
+                                 "turns it off (only the kernel sees a container's cgroup made)")
         self.options = options
         self.ctx = RecordContext(emit=self._emit)
         self.kernel: KernelSource | None = None
@@ -99,7 +103,8 @@ class Recorder:
         env: dict[str, str] = {}
         fallback_reason = "--no-bpf given" if self.options.no_bpf else None
         if not self.options.no_bpf:
-            kernel = KernelSource(trace_all=self.options.trace_all, group=self.options.cgroup)
+            kernel = KernelSource(trace_all=self.options.trace_all, group=self.options.cgroup,
+                                  follow_containers=self.options.follow_containers)
             try:
                 env.update(kernel.prepare(self.ctx))
                 self.kernel = kernel
@@ -109,6 +114,9 @@ class Recorder:
         if fallback_reason and self.options.cgroup:
             raise OmnitraceError(f"{_group_option(self.options)}: needs the kernel source, which "
                                  f"cannot run: {fallback_reason}")
+        if fallback_reason and self.options.follow_containers:
+            raise OmnitraceError(f"--follow-containers: needs the kernel source, which cannot "
+                                 f"run: {fallback_reason}")
         if fallback_reason:
             self._say(f"omnitrace: BPF unavailable ({fallback_reason}); falling back to procfs "
                       f"polling: fork/exit every 20 ms, no signals or exit statuses")
