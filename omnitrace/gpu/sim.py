@@ -126,6 +126,7 @@ class HostPids:
         self.own = own_pid_ns()
         self._hosts: dict[tuple, int] = {}   # Entry.owner -> our pid; one per owning process
         self._visible: set[int] = set()      # namespaces a /proc scan showed us
+        self._scanned: dict[tuple[int, int], int] = {}   # the last scan (see _scan)
         self._lock = threading.Lock()        # the GPU source reads from two threads
 
     def lookup(self, entry: Entry) -> tuple[int | None, bool | None]:
@@ -144,22 +145,31 @@ class HostPids:
         return self._hosts.get(entry.owner)
 
     def _translate(self, entry: Entry) -> int | None:
-        """Scan /proc for the process with that namespace pid; kept only if its start time is the
-        entry's (a namespace pid reused since is another process)."""
-        found = None
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            view = pid_ns_view(int(name))
-            if view is not None:
-                self._visible.add(view[0])
-                if view == (entry.ns[1], entry.pid):
-                    found = int(name)
-        stat = read_stat(found) if found else None
-        if stat is None or stat[2] != entry.start:
+        """Our pid for the entry's owner by the last /proc scan, scanning again when that does not
+        have it; kept only if its start time is the entry's (a namespace pid reused since is
+        another process)."""
+        where = (entry.ns[1], entry.pid)
+        if not self._starts_as(self._scanned.get(where), entry):
+            self._scan()
+        host = self._scanned.get(where)
+        if not self._starts_as(host, entry):
             return None
-        self._hosts[entry.owner] = found
-        return found
+        self._hosts[entry.owner] = host
+        return host
+
+    def _scan(self) -> None:
+        """(namespace inode, namespace pid) -> our pid for every process in another namespace."""
+        self._scanned = {}
+        for name in os.listdir("/proc"):
+            view = pid_ns_view(int(name)) if name.isdigit() else None
+            if view is not None:
+                self._scanned[view] = int(name)
+                self._visible.add(view[0])
+
+    @staticmethod
+    def _starts_as(pid: int | None, entry: Entry) -> bool:
+        stat = read_stat(pid) if pid else None
+        return stat is not None and stat[2] == entry.start
 
     def _might_live(self, ns: tuple[int, int]) -> bool:
         """Whether an owner not found in /proc may still run where this reader cannot look."""
