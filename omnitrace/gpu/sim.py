@@ -30,6 +30,7 @@ owner costs one scan of /proc the first time a reader meets it, then the same st
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -271,7 +272,7 @@ class SimGpu:
             os.rename(path, f"{path}~{now}")
         except FileNotFoundError:
             pass  # freed meanwhile, or another reader stamped it first
-        return Entry(entry.pid, entry.start, entry.nbytes, entry.delay_ms, entry.ns, now)
+        return dataclasses.replace(entry, dead_ns=now)
 
     def close(self) -> None:
         pass
