@@ -5,6 +5,7 @@
 #   scripts/container-image.sh                 # builds localhost/omnitrace-host:1 unless it exists
 #   scripts/container-image.sh --force         # rebuilds it
 #   scripts/container-image.sh --run-args [PY] # prints the `podman run` flags that mount what runs
+#                                              # and the simulated GPU's ledger (below)
 #
 # The image is a root skeleton (the merged-/usr symlinks, empty mount points, a few files of /etc)
 # of about 1 MiB, imported with `podman import`: the programs come from the host, bind-mounted
@@ -12,6 +13,12 @@
 # them). Copying the host's /usr (6 GiB here) into an image would take minutes; the mounts take
 # none. The container still has its own pid, mount, network, IPC and UTS namespaces and cgroup,
 # which is what omnitrace's container support is about.
+#
+# The simulated GPU: where a recorder on this machine would read it (OMNITRACE_SIM_GPU when set,
+# else /dev/shm/omnitrace-sim-gpu when there is no NVIDIA device, as omnitrace.gpu.alloc decides),
+# --run-args creates the device and mounts it read-write at the same path with OMNITRACE_SIM_GPU
+# set, so the container's stages allocate in the ledger the host's recorder reads (the container's
+# own /dev/shm is private). The ledger records namespace pids; readers translate them to host pids.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${OMNITRACE_IMAGE:-localhost/omnitrace-host:1}
@@ -24,7 +31,23 @@ run_args() {
   local args=(-v /usr:/usr:ro -v "$repo:$repo:ro" -e "PYTHONPATH=$repo")
   case "$base/" in /usr/*) ;; *) args+=(-v "$base:$base:ro") ;; esac
   case "$prefix/" in "$repo"/*|/usr/*) ;; *) args+=(-v "$prefix:$prefix:ro") ;; esac
+  local sim
+  sim=$(sim_gpu "$py")
+  [ -z "$sim" ] || args+=(-v "$sim:$sim" -e "OMNITRACE_SIM_GPU=$sim")
   echo "${args[@]}"
+}
+
+# The simulated GPU's directory, created, when it is what this machine's recorder reads; else ''.
+sim_gpu() {
+  local dir=${OMNITRACE_SIM_GPU:-}
+  [ -n "$dir" ] || [ -e /dev/nvidiactl ] || dir=/dev/shm/omnitrace-sim-gpu
+  [ -n "$dir" ] || return 0
+  "$1" -c 'import sys
+from omnitrace.gpu.sim import ensure_device
+try:
+    print(ensure_device(sys.argv[1]).resolve())
+except OSError as exc:
+    sys.exit(f"container-image: --run-args: the simulated GPU {sys.argv[1]}: {exc}")' "$dir"
 }
 
 build() {

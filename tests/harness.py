@@ -113,13 +113,14 @@ class SourceRun:
 
 @contextmanager
 def ready_processes():
-    """start(code, env=None) runs `python -c code`, which must print READY once it holds what it
-    set out to hold; every process started is killed at the end, also when a test fails."""
+    """start(code, env=None, prefix=()) runs `[*prefix] python -c code`, which must print READY
+    once it holds what it set out to hold; every process started is killed at the end, also when
+    a test fails. A prefix (e.g. `unshare ... --kill-child`) must end its child with it."""
     procs: list[subprocess.Popen] = []
 
-    def start(code: str, env: dict | None = None) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                                env=env)
+    def start(code: str, env: dict | None = None, prefix=()) -> subprocess.Popen:
+        proc = subprocess.Popen([*prefix, sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                text=True, env=env)
         procs.append(proc)
         assert proc.stdout.readline().strip() == "READY"
         return proc

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from omnitrace.container import inspect, ns_pids
+from omnitrace.gpu import sim
 from omnitrace.inject.server import free_port
 from tests.harness import matrix_run, wait_for
 
@@ -39,8 +40,21 @@ TESTBED = [sys.executable, "-m", "omnitrace.cli", "testbed", "serve", "--host", 
 
 
 @pytest.fixture(scope="module")
-def run_args() -> list[str]:
-    """The image (built if missing) and the flags that mount this machine's Python and repo."""
+def sim_gpu(tmp_path_factory):
+    """A simulated GPU of this module's own (not the machine's default, which other runs share),
+    named by OMNITRACE_SIM_GPU to everything the tests start: --run-args mounts it into the
+    containers, and the host's recorder reads it."""
+    path = sim.ensure_device(tmp_path_factory.mktemp("sim-gpu"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(sim.ENV_VAR, str(path))
+        mp.setitem(ENV, sim.ENV_VAR, str(path))
+        yield sim.SimGpu(path)
+
+
+@pytest.fixture(scope="module")
+def run_args(sim_gpu) -> list[str]:
+    """The image (built if missing) and the flags that mount this machine's Python and repo, and
+    the simulated GPU's ledger."""
     if not shutil.which("podman"):
         pytest.fail("podman is not installed: `make setup` (scripts/setup.sh) installs it")
     script = str(REPO / "scripts" / "container-image.sh")
@@ -184,6 +198,27 @@ def test_evidence_names_the_host_and_the_namespace_pid(seed_run):
     assert evidence_names_both(text, outcome["server_pid"], 1), text
 
 
+def test_gpu_released_decides_by_the_stages_host_pids(seed_run):
+    """The stages allocate in the ledger --run-args mounts, and the host's recorder reports them
+    by host pid, as NVML does: gpu-released passes (it was inconclusive, 'held no GPU memory
+    before the fault') and names each stage by its host pid, with its namespace pid beside it."""
+    out, _, report = seed_run
+    from omnitrace.model.build import build_model
+    from omnitrace.timeline import read_timeline
+    for row in ("no-load/sigkill/serve", "no-load/sigterm/serve"):
+        scenario = next(s for s in report["scenarios"] if s["id"] == row)
+        rule = next(r for r in scenario["rules"] if r["id"] == "gpu-released")
+        text = " ".join(e["text"] for e in rule["evidence"])
+        assert rule["verdict"] == "pass", (row, rule["summary"], text)
+        released = re.findall(r"pid (\d+) \(ns (\d+)\) (\S+) released its GPU memory", text)
+        model = build_model(read_timeline(out / f"{slug(row)}.jsonl"))
+        tree = {p.pid for p in model.descendants(model.process(scenario["server_pid"]))}
+        assert len(released) == 3, text   # the testbed's three stages
+        for host, ns, name in released:
+            assert int(host) in tree and int(host) != int(ns), (host, ns, text)
+            assert name.startswith("VLLM::StageEngineCoreProc"), text
+
+
 def test_a_container_that_does_not_publish_the_port_stops_its_row_with_one_line(run_args,
                                                                                tmp_path):
     other = free_port()
@@ -242,6 +277,26 @@ def test_inject_by_container_name_signals_host_pids_inside_it(outside_container,
     [scenario] = report["scenarios"]
     assert scenario["server_pid"] == init and scenario["target_pids"] == [victim]
     assert verdicts(report, "no-load/sigkill/worker")["target-exits"] == "pass"
+
+
+def test_a_container_stages_gpu_memory_is_seen_from_the_host_by_host_pid(outside_container,
+                                                                         sim_gpu):
+    """What the recorder's GPU source reads: each stage of the container holds its 2 GiB under
+    the pid the host knows it by (the ledger only has the namespace pid)."""
+    name, _ = outside_container
+    init = psutil.Process(inspect(name).init_pid)
+    stages = {p.pid for p in init.children(recursive=True)
+              if p.name().startswith("VLLM::StageEngineCoreProc")}
+
+    def holders() -> dict[int, int]:
+        return {pid: n for d in range(sim_gpu.device_count())
+                for pid, n in sim_gpu.processes(d).items()}
+    assert len(stages) == 3
+    wait_for(lambda: holders().keys() == stages, timeout=60, what="the stages' GPU memory")
+    assert set(holders().values()) == {2 << 30}   # --gpu-mem-per-stage's default
+    for pid in stages:
+        host, inner = ns_pids(pid)
+        assert host == pid and inner != pid
 
 
 def test_inject_by_container_refuses_what_is_outside_it(outside_container):

@@ -5,6 +5,7 @@ import os
 import signal
 import time
 
+import psutil
 import pytest
 
 from omnitrace.gpu import GpuOutOfMemory, sim
@@ -26,6 +27,32 @@ def holder(device):
             return start("import sys, time; from omnitrace.gpu.sim import SimGpu; "
                          f"SimGpu({str(device.path)!r}).allocate({device_index}, {nbytes}, {delay_s!r}); "
                          "print('READY', flush=True); time.sleep(600)")
+        yield hold
+
+
+def entries(device, index: int = 0) -> list:
+    """The device's ledger files (not its lock)."""
+    return [f for f in (device.path / str(index)).iterdir() if not f.name.startswith(".")]
+
+
+# A pid namespace of its own, as a container has (and its own /proc, as a container mounts);
+# --kill-child: the holder dies with unshare, which ready_processes kills.
+UNSHARE = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child")
+
+
+@pytest.fixture
+def namespaced_holder(device):
+    """A holder in its own pid namespace: (its host pid, its ledger file)."""
+    if os.geteuid() != 0:
+        pytest.skip("a new pid namespace needs root here")
+    with ready_processes() as start:
+        def hold(nbytes: int):
+            unshare = start("import time; from omnitrace.gpu.sim import SimGpu; "
+                            f"SimGpu({str(device.path)!r}).allocate(0, {nbytes}); "
+                            "print('READY', flush=True); time.sleep(600)", prefix=UNSHARE)
+            [child] = psutil.Process(unshare.pid).children()
+            [entry] = entries(device)
+            return child.pid, entry
         yield hold
 
 
@@ -99,6 +126,66 @@ def test_reused_pid_does_not_inherit_memory(device):
     (device.path / "0" / f"{os.getpid()}-1-{GiB}-100-deadbeef").touch()
     assert device.memory(0)[0] == GiB          # counted for the release delay after it was seen gone
     wait_until(lambda: device.memory(0)[0] == 0, 2.0)
+
+
+def test_an_owner_in_another_pid_namespace_is_reported_under_its_host_pid(device,
+                                                                          namespaced_holder):
+    """As NVML reports a container's process: by the pid the host knows, also for the release
+    delay after it died (first seen dead by this reader, which had translated it)."""
+    host_pid, entry = namespaced_holder(GiB)
+    assert entry.name.startswith("1-") and host_pid != 1   # the namespace's pid 1 wrote it
+    assert device.processes(0) == {host_pid: GiB}
+    os.kill(host_pid, signal.SIGKILL)
+    wait_until(lambda: not psutil.pid_exists(host_pid) or
+               psutil.Process(host_pid).status() == psutil.STATUS_ZOMBIE, 5.0)
+    assert device.processes(0) == {host_pid: GiB}    # the delay starts now
+    wait_until(lambda: device.processes(0) == {} and device.memory(0)[0] == 0, 2.0)
+    assert entries(device) == []
+
+
+def test_a_reused_namespace_pid_is_not_attributed(device, namespaced_holder):
+    """An entry of the holder's namespace and pid but an older start time: an earlier process
+    with that namespace pid, gone; the live holder must not inherit its memory."""
+    host_pid, entry = namespaced_holder(GiB)
+    ns = entry.name.rsplit("-", 1)[1]
+    (device.path / "0" / f"1-1-{2 * GiB}-100-feedf00d-{ns}").touch()
+    assert device.processes(0) == {host_pid: GiB}
+    assert device.memory(0)[0] == 3 * GiB            # counted the release delay, for no pid
+    wait_until(lambda: device.memory(0)[0] == GiB, 2.0)
+
+
+def fake_namespace_entry(device, nbytes: int) -> None:
+    """An entry whose namespace no process is in, naming this process's own pid and start time:
+    read as a pid of ours it would be attributed to this test."""
+    dev, _ = sim.own_pid_ns()
+    start = sim.read_stat(os.getpid())[2]
+    (device.path / "0" / f"{os.getpid()}-{start}-{nbytes}-100-deadbeef-{dev}.1").touch()
+
+
+def test_an_owner_of_a_namespace_gone_is_dead_to_a_reader_that_sees_every_namespace(device):
+    """A reader in the initial pid namespace sees every process: one it cannot find is gone."""
+    fake_namespace_entry(device, GiB)
+    assert device.processes(0) == {} and device.memory(0)[0] == GiB
+    wait_until(lambda: device.memory(0)[0] == 0, 2.0)
+
+
+def test_an_owner_a_reader_cannot_see_counts_for_no_pid_and_stays(device, monkeypatch):
+    """A reader in a container cannot see the host's namespaces: it counts their memory (as NVML
+    in a container shows memory used with no process) and leaves the entry alone."""
+    dev, _ = sim.own_pid_ns()
+    monkeypatch.setattr(device._hosts, "own", (dev, 2))     # this reader is in a container
+    fake_namespace_entry(device, GiB)
+    for _ in range(3):
+        assert device.processes(0) == {} and device.memory(0) == (GiB, 8 * GiB)
+        time.sleep(0.1)   # past the release delay: an entry seen dead would be gone by now
+    assert len(entries(device)) == 1
+
+
+def test_files_that_are_not_allocations_are_skipped(device):
+    for name in ("notes.txt", "1-2-x-4-tag", "1-2-3-4-tag-5", "1-2-3-4-tag-5.6.7~8"):
+        (device.path / "0" / name).touch()
+    device.allocate(0, GiB)
+    assert device.processes(0) == {os.getpid(): GiB}
 
 
 def test_missing_device_says_how_to_make_one(tmp_path):
