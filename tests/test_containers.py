@@ -5,6 +5,8 @@ The testbed runs in a container as `omnitrace matrix run --serve 'podman run ...
 container started outside any omnitrace command is attached by name; Ctrl+C of the runner leaves
 no container and no process; a server that is its container's pid 1 without a SIGTERM handler
 shows what the kernel does with a SIGTERM from the host (drops it), in target-exits' evidence.
+A host port podman picks (`-p {port}`) is found and used; the pytest plugin runs a container
+serve as the runner does, and removes it also after Ctrl+C.
 """
 from __future__ import annotations
 
