@@ -227,9 +227,11 @@ def _server_root(server: Server, container: ContainerServe | None, timeout_s: fl
         root = container.attach(server, timeout_s).init_pid if container else server.proc.pid
         marks.announce_server(root, server.url)
         server.wait_healthy(timeout_s)
+        return root
     except OmnitraceError as exc:
-        pytest.fail(f"omnitrace: {exc}", pytrace=False)
-    return root
+        problem = str(exc)
+    # outside the except block: pytest would print the OmnitraceError as its cause
+    pytest.fail(f"omnitrace: {problem}", pytrace=False)
 
 
 def _stop(request, server: Server, container: ContainerServe | None) -> None:

@@ -1,6 +1,7 @@
 """Where the host reaches a containerised server: the URL's port is the host port the command
 publishes, else the server's port inside, mapped to the host port the runtime picked
-(container_serve.ContainerServe.host_url). No runtime needed: the container is as inspect reads it."""
+(container_serve.ContainerServe.host_url). No runtime needed: the container is as inspect reads
+it."""
 from __future__ import annotations
 
 import pytest

@@ -353,7 +353,7 @@ def test_sigterm_to_a_pid_1_server_without_a_handler_is_dropped_by_the_kernel(ru
     assert nothing_left_of(outcome["container"]["id"], port) == []
 
 
-# --- the pytest plugin with a container serve ------------------------------------------------------
+# --- the pytest plugin with a container serve ---------------------------------------------
 
 PLUGIN_TEST = """\
 import json, psutil, pytest
@@ -382,7 +382,8 @@ def plugin_containers() -> list[tuple[str, int]]:
     listed = subprocess.run(["podman", "ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Names}}",
                              "--filter", "name=omnitrace-plugin-"], capture_output=True, text=True,
                             timeout=60).stdout.split("\n")
-    return [(cid, int(name.rsplit("-", 1)[1])) for cid, name in map(str.split, filter(None, listed))]
+    return [(cid, int(name.rsplit("-", 1)[1]))
+            for cid, name in map(str.split, filter(None, listed))]
 
 
 def test_the_plugin_runs_a_container_serve_as_matrix_run_does(run_args, tmp_path):
@@ -420,8 +421,8 @@ def test_ctrl_c_of_a_plugin_run_removes_its_container(run_args, tmp_path):
     (tmp_path / "test_in_container.py").write_text(PLUGIN_TEST)
     suite = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                               "test_in_container.py", "--omnitrace-serve", plugin_serve(run_args)],
-                             cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, preexec_fn=_default_sigint)
+                             cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint)
     try:
         [(cid, port)] = wait_for(plugin_containers, timeout=120, what="the container",
                                  step=0.05)
@@ -433,3 +434,17 @@ def test_ctrl_c_of_a_plugin_run_removes_its_container(run_args, tmp_path):
     assert suite.returncode != 0 and "KeyboardInterrupt" in output, output[-2000:]
     assert not container_exists(cid) and plugin_containers() == []
     assert nothing_left_of(cid, port) == []
+
+
+def test_the_plugin_refuses_a_container_that_publishes_no_port_in_one_line(run_args, tmp_path):
+    (tmp_path / "test_in_container.py").write_text(PLUGIN_TEST)
+    serve = serve_command(run_args, "omnitrace-plugin-{port}", [*TESTBED, "--port", "{port}"],
+                          publish=())
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "test_in_container.py", "--omnitrace-serve", serve], cwd=tmp_path,
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stdout[-3000:]
+    assert "\nomnitrace: --omnitrace-serve: the container publishes no port, so " \
+           "http://127.0.0.1:" in run.stdout, run.stdout[-3000:]
+    assert "Traceback" not in run.stdout and "container_serve.py" not in run.stdout
+    assert plugin_containers() == []
