@@ -34,6 +34,7 @@ class Container:
     init_pid: int                 # the container's init, as the host sees it (0: not running)
     running: bool
     ports: dict[int, int] = field(default_factory=dict)   # container port -> host port (tcp)
+    network: str = ""             # HostConfig.NetworkMode: bridge, host, none, container:ID...
 
     def describe(self) -> str:
         return (f"{self.runtime} container {self.name} ({self.id[:12]}, "
@@ -123,7 +124,8 @@ def _parse(runtime: str, data: dict) -> Container:
     state = data.get("State") or {}
     return Container(runtime=runtime, id=data["Id"], name=data.get("Name", "").lstrip("/"),
                      init_pid=int(state.get("Pid") or 0), running=bool(state.get("Running")),
-                     ports=_ports(data))
+                     ports=_ports(data),
+                     network=(data.get("HostConfig") or {}).get("NetworkMode") or "")
 
 
 def _ports(data: dict) -> dict[int, int]:

@@ -26,8 +26,10 @@ import os
 
 import pytest
 
+from omnitrace.errors import OmnitraceError
 from omnitrace.inject import marks, oom
 from omnitrace.inject.abnormal import send_input, send_recovery
+from omnitrace.inject.container_serve import ContainerServe
 from omnitrace.inject.gpu_holders import gpu_held_by
 from omnitrace.inject.load import MIX, Load, RequestResult, RequestShape, discover_model
 from omnitrace.inject.probes import absent_endpoints, probe
@@ -42,7 +44,8 @@ MARKER = "omnitrace"
 def pytest_addoption(parser):
     group = parser.getgroup("omnitrace", "fault injection against a serving process tree")
     group.addoption("--omnitrace-serve", metavar="CMD", default=None,
-                    help="server command, {port} replaced by a free port (default: the testbed)")
+                    help="server command, {port} replaced by a free port (default: the "
+                         "testbed); `podman run ...` runs a container (docs/containers.md)")
     group.addoption("--omnitrace-url", metavar="URL", default="http://127.0.0.1:{port}",
                     help="the server's base URL [default: http://127.0.0.1:{port}]")
     group.addoption("--omnitrace-startup-timeout", type=float, default=120.0, metavar="S",
@@ -96,9 +99,9 @@ def _omnitrace_window(request):
 class RunningServer:
     """The server under test, as a test sees it."""
 
-    def __init__(self, server: Server, row: str | None):
+    def __init__(self, server: Server, row: str | None, pid: int):
         self._server, self.row = server, row
-        self.url, self.pid = server.url, server.proc.pid
+        self.url, self.pid = server.url, pid   # pid: the server's root (a container's init)
         self.faulted = False   # set by omnitrace_inject: the window then waits for the outcome
         # The model requests must name (vLLM answers 404 to another), asked while healthy.
         self.model = discover_model(self.url)
@@ -189,30 +192,57 @@ def _poll(condition, timeout_s: float, every_s: float = 0.1) -> bool:
 
 @pytest.fixture
 def omnitrace_server(request, _omnitrace_window):
-    """Start --omnitrace-serve (default: the testbed) on a free port and wait for /health 200."""
+    """Start --omnitrace-serve (default: the testbed) on a free port and wait for /health 200.
+    A container command (`podman run ...`) is run as `matrix run` runs it (container_serve.py):
+    the server is the container's init, reached on the host port the container publishes, and
+    the container is removed at teardown."""
     from omnitrace.inject.runner import testbed_command
     options = request.config.option
     port = free_port()
     url = options.omnitrace_url.replace("{port}", str(port)).rstrip("/")
-    server = Server(expand(options.omnitrace_serve or testbed_command(), port), url)
+    argv = expand(options.omnitrace_serve or testbed_command(), port)
+    container = ContainerServe.of(argv, None, option="--omnitrace-serve")
+    server = Server(container.argv if container else argv, url)
     row = _omnitrace_window.row
     become_subreaper()  # orphans of the server are reaped here, where the recorder sees it
     server.start(child_env(OMNITRACE_SCENARIO=row, OMNITRACE_SERVER_URL=url))
     running = None
     try:
-        server.wait_healthy(options.omnitrace_startup_timeout)
-        _omnitrace_window.name_server(server.proc.pid, url)
-        running = RunningServer(server, row)
+        root = _server_root(server, container, options.omnitrace_startup_timeout)
+        _omnitrace_window.name_server(root, server.url)
+        running = RunningServer(server, row, root)
         running.health()   # a recorded 2xx before any fault: the "before" of the HTTP rules
         yield running
     finally:
         if running is not None and running.faulted and row:
             _settle(running)
         _omnitrace_window.close()  # the window ends before clean-up starts
-        leftovers = server.stop()
-        if leftovers:
-            request.node.add_report_section("teardown", "omnitrace",
-                                            "leftover processes killed: " + ", ".join(leftovers))
+        _stop(request, server, container)
+
+
+def _server_root(server: Server, container: ContainerServe | None, timeout_s: float) -> int:
+    """The server's root (a container's init, else the command), announced to the recorder once
+    its URL is known, and healthy. A server that cannot start fails the test in one line."""
+    try:
+        root = container.attach(server, timeout_s).init_pid if container else server.proc.pid
+        marks.announce_server(root, server.url)
+        server.wait_healthy(timeout_s)
+        return root
+    except OmnitraceError as exc:
+        problem = str(exc)
+    # outside the except block: pytest would print the OmnitraceError as its cause
+    pytest.fail(f"omnitrace: {problem}", pytrace=False)
+
+
+def _stop(request, server: Server, container: ContainerServe | None) -> None:
+    """Stop the server's tree, then remove its container (the client may have been killed
+    before it could), and say what had to be killed or removed."""
+    killed = server.stop()
+    said = ["leftover processes killed: " + ", ".join(killed)] if killed else []
+    if container is not None and container.remove():
+        said.append(f"removed {container.runtime} container {container.label()}")
+    if said:
+        request.node.add_report_section("teardown", "omnitrace", "; ".join(said))
 
 
 class Injector:

@@ -5,6 +5,8 @@ The testbed runs in a container as `omnitrace matrix run --serve 'podman run ...
 container started outside any omnitrace command is attached by name; Ctrl+C of the runner leaves
 no container and no process; a server that is its container's pid 1 without a SIGTERM handler
 shows what the kernel does with a SIGTERM from the host (drops it), in target-exits' evidence.
+A host port podman picks (`-p {port}`) is found and used; the pytest plugin runs a container
+serve as the runner does, and removes it also after Ctrl+C.
 """
 from __future__ import annotations
 
@@ -64,10 +66,12 @@ def run_args(sim_gpu) -> list[str]:
     return shlex.split(args)
 
 
-def serve_command(run_args: list[str], name: str, program: list[str], extra=()) -> str:
-    """A --serve command as a user writes it: the container publishes {port} on the host."""
-    return shlex.join(["podman", "run", "--rm", "--name", name, "-p", "{port}:{port}", *extra,
-                       *run_args, IMAGE, *program])
+def serve_command(run_args: list[str], name: str, program: list[str], extra=(),
+                  publish=("-p", "{port}:{port}")) -> str:
+    """A --serve command as a user writes it: the container publishes {port} on the host (or
+    what `publish` says: `-p {port}` lets the runtime pick the host port)."""
+    return shlex.join(["podman", "run", "--rm", "--name", name, *publish, *extra, *run_args,
+                       IMAGE, *program])
 
 
 def omnitrace(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -219,20 +223,46 @@ def test_gpu_released_decides_by_the_stages_host_pids(seed_run):
             assert name.startswith("VLLM::StageEngineCoreProc"), text
 
 
-def test_a_container_that_does_not_publish_the_port_stops_its_row_with_one_line(run_args,
-                                                                               tmp_path):
-    other = free_port()
-    serve = serve_command(run_args, "omnitrace-port-{port}", [*TESTBED, "--port", "{port}"])
-    serve = serve.replace("'{port}:{port}'", f"{other}:{{port}}")
+def test_a_container_that_publishes_no_port_stops_its_row_with_one_line(run_args, tmp_path):
+    serve = serve_command(run_args, "omnitrace-port-{port}", [*TESTBED, "--port", "{port}"],
+                          publish=())
     cli, report = matrix_run(tmp_path / "run", "--serve", serve, "--scenarios",
                              "no-load/sigkill/serve", env=ENV, timeout=300)
     assert cli.returncode == 1
     [warning] = [w for w in report["warnings"] if "publishes" in w]
-    assert f"--serve: the container publishes host port(s) {other}, not " in warning
+    assert "--serve: the container publishes no port, so http://127.0.0.1:" in warning, warning
     assert "Traceback" not in (tmp_path / "run" / "no-load_sigkill_serve.log").read_text()
     outcome = json.loads((tmp_path / "run" / "no-load_sigkill_serve.outcome.json").read_text())
     cid = (tmp_path / "run" / "no-load_sigkill_serve.cid").read_text().strip()
     assert outcome["container"]["id"] == cid and not container_exists(cid)
+
+
+def test_a_host_port_the_runtime_picks_is_found_and_used(run_args, tmp_path):
+    """`-p {port}`: {port} is the server's port inside the container and podman picks the host
+    port. The driver asks podman for it, and the load, the probes, the marks and the recorder's
+    health prober all go there: the worker row passes as with a port the command publishes."""
+    row = "under-load/sigkill/worker"
+    out = tmp_path / "run"
+    serve = serve_command(run_args, "omnitrace-picked-{port}", [*TESTBED, "--port", "{port}"],
+                          publish=("-p", "{port}"))
+    cli, report = matrix_run(out, "--serve", serve, "--scenarios", row, env=ENV, timeout=300)
+    assert report is not None, cli.stderr[-3000:]
+    rules = verdicts(report, row)
+    assert cli.returncode == 0 and "fail" not in rules.values(), (rules, cli.stdout[-2000:])
+    assert rules["service-unavailable"] == rules["inflight-fail-fast"] == "pass", rules
+    container = json.loads((out / f"{slug(row)}.outcome.json").read_text())["container"]
+    [(inside, host)] = container["ports"].items()
+    assert container["url"] == f"http://127.0.0.1:{host}" and int(inside) != host
+    assert not container_exists(container["id"])
+    assert nothing_left_of(container["id"], int(inside)) == []
+    spans = [e for e in map(json.loads, (out / f"{slug(row)}.jsonl").open()) if e["kind"] == "span"]
+    marked = {e["attributes"].get("omnitrace.server.url") for e in spans
+              if e["attributes"].get("omnitrace.mark") in ("scenario", "fault")}
+    assert marked == {container["url"]}, marked
+    healthy = [e for e in spans if e["source"] == "probe" and e["attributes"].get(
+        "http.response.status_code") == 200]
+    assert healthy and {e["attributes"]["url.full"] for e in healthy} == \
+        {container["url"] + "/health"}
 
 
 # --- a container started outside any omnitrace command ----------------------------------------
@@ -466,3 +496,100 @@ def test_without_follow_containers_a_daemon_s_container_is_not_recorded(runtime_
     ask, answer, cidfile = runtime_daemon
     timeline = _record_asking_the_daemon(tmp_path, ask, answer)
     assert _container_exits(timeline, cidfile.read_text().strip()) == {}
+
+
+# --- the pytest plugin with a container serve ---------------------------------------------
+
+PLUGIN_TEST = """\
+import json, psutil, pytest
+from omnitrace.container import ns_pids
+
+@pytest.mark.omnitrace(row="no-load/sigkill/serve")
+def test_kill_serve(omnitrace_server, omnitrace_inject):
+    cmdline = psutil.Process(omnitrace_server.pid).cmdline()
+    json.dump({"pid": omnitrace_server.pid, "url": omnitrace_server.url,
+               "ns_pids": ns_pids(omnitrace_server.pid),
+               "inside_port": int(cmdline[cmdline.index("--port") + 1]),
+               "tree": omnitrace_server.tree_pids()}, open("server.json", "w"))
+    assert omnitrace_server.health() == 200
+    assert omnitrace_inject.signal("serve", "KILL").pids == [omnitrace_server.pid]
+    assert omnitrace_server.wait_gone(30), omnitrace_server.alive()
+"""
+
+
+def plugin_serve(run_args: list[str]) -> str:
+    return serve_command(run_args, "omnitrace-plugin-{port}", [*TESTBED, "--port", "{port}"],
+                         publish=("-p", "{port}"))
+
+
+def plugin_containers() -> list[tuple[str, int]]:
+    """(id, port) of each container a plugin run started (its name ends in its {port})."""
+    listed = subprocess.run(["podman", "ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Names}}",
+                             "--filter", "name=omnitrace-plugin-"], capture_output=True, text=True,
+                            timeout=60).stdout.split("\n")
+    return [(cid, int(name.rsplit("-", 1)[1]))
+            for cid, name in map(str.split, filter(None, listed))]
+
+
+def test_the_plugin_runs_a_container_serve_as_matrix_run_does(run_args, tmp_path):
+    """`pytest --omnitrace-serve 'podman run ... -p {port} ...'` under `omnitrace record`: the
+    fixture's server is the container's init (pid 1 inside), reached on the host port podman
+    picked; the recording verifies with that init as the server, and no container is left."""
+    (tmp_path / "test_in_container.py").write_text(PLUGIN_TEST)
+    timeline = tmp_path / "run.jsonl"
+    recorded = subprocess.run(
+        [sys.executable, "-m", "omnitrace.cli", "record", "-o", str(timeline), "--",
+         sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_in_container.py",
+         "--omnitrace-serve", plugin_serve(run_args)], cwd=tmp_path, env=ENV, text=True,
+        capture_output=True, timeout=300)
+    assert recorded.returncode == 0, recorded.stdout[-3000:] + recorded.stderr[-2000:]
+    server = json.loads((tmp_path / "server.json").read_text())
+    assert server["ns_pids"][-1] == 1 and len(server["ns_pids"]) > 1
+    assert server["url"].rsplit(":", 1)[1] != str(server["inside_port"])
+    report = json.loads(omnitrace("verify", str(timeline), "--json", "-").stdout)
+    [scenario] = report["scenarios"]
+    assert scenario["server_pid"] == server["pid"]
+    rules = verdicts(report, "no-load/sigkill/serve")
+    assert rules["target-exits"] == rules["service-unavailable"] == "pass", rules
+    assert "fail" not in rules.values(), rules
+    probes = [e for e in map(json.loads, timeline.open()) if e["kind"] == "span" and
+              e["source"] == "probe" and e["attributes"].get("http.response.status_code") == 200]
+    assert {e["attributes"]["url.full"] for e in probes} == {server["url"] + "/health"}
+    assert plugin_containers() == []
+    assert [p for p in server["tree"] if psutil.pid_exists(p)
+            and psutil.Process(p).status() != psutil.STATUS_ZOMBIE] == []
+
+
+def test_ctrl_c_of_a_plugin_run_removes_its_container(run_args, tmp_path):
+    """Ctrl+C while the container starts: the fixture's clean-up stops the client and removes
+    the container it named in its cidfile."""
+    (tmp_path / "test_in_container.py").write_text(PLUGIN_TEST)
+    suite = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              "test_in_container.py", "--omnitrace-serve", plugin_serve(run_args)],
+                             cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint)
+    try:
+        [(cid, port)] = wait_for(plugin_containers, timeout=120, what="the container",
+                                 step=0.05)
+        suite.send_signal(signal.SIGINT)
+        output = suite.communicate(timeout=120)[0]
+    finally:
+        if suite.poll() is None:
+            suite.kill()
+    assert suite.returncode != 0 and "KeyboardInterrupt" in output, output[-2000:]
+    assert not container_exists(cid) and plugin_containers() == []
+    assert nothing_left_of(cid, port) == []
+
+
+def test_the_plugin_refuses_a_container_that_publishes_no_port_in_one_line(run_args, tmp_path):
+    (tmp_path / "test_in_container.py").write_text(PLUGIN_TEST)
+    serve = serve_command(run_args, "omnitrace-plugin-{port}", [*TESTBED, "--port", "{port}"],
+                          publish=())
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "test_in_container.py", "--omnitrace-serve", serve], cwd=tmp_path,
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stdout[-3000:]
+    assert "\nomnitrace: --omnitrace-serve: the container publishes no port, so " \
+           "http://127.0.0.1:" in run.stdout, run.stdout[-3000:]
+    assert "Traceback" not in run.stdout and "container_serve.py" not in run.stdout
+    assert plugin_containers() == []

@@ -12,8 +12,10 @@ import textwrap
 import threading
 import time
 
+import httpx
 import pytest
 
+from omnitrace.inject.server import free_port
 from omnitrace.record.http import HealthProber, make_http_sources
 from omnitrace.record.otlp import OtlpReceiver
 from tests.harness import SourceRun
@@ -236,3 +238,39 @@ def test_health_rate_0_turns_the_prober_off_and_says_so(tmp_path):
     assert timeline.header["health_rate_hz"] == 0
     assert "health" not in timeline.header["sources"]
     assert not [e for e in timeline.events if e.kind == "span" and e.source == "probe"]
+
+
+def announce(endpoint: str, base_url: str, pid: int) -> None:
+    """What marks.announce_server sends: an omnitrace.server span (OTLP/JSON here)."""
+    attributes = [{"key": "omnitrace.server.url", "value": {"stringValue": base_url}},
+                  {"key": "omnitrace.server.pid", "value": {"intValue": str(pid)}}]
+    now = time.time_ns()
+    body = {"resourceSpans": [{"scopeSpans": [{"spans": [
+        {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174",
+         "name": "omnitrace.server", "startTimeUnixNano": str(now), "endTimeUnixNano": str(now),
+         "attributes": attributes}]}]}]}
+    assert httpx.post(endpoint, json=body).status_code == 200
+
+
+def test_an_announced_url_wins_over_the_given_one(tmp_path, server):
+    """The driver and the plugin announce where their server answers (a container's host port is
+    known only once it runs): the prober leaves --health-url for it, and says so."""
+    nobody = f"http://127.0.0.1:{free_port()}/health"
+    base = f"http://127.0.0.1:{server.first_port}"
+    receiver = OtlpReceiver()
+    with SourceRun(tmp_path, HealthProber(nobody)) as rec:
+        endpoint = receiver.prepare(rec.ctx)["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        receiver.start(rec.ctx)
+        try:
+            rec.wait_for_event("span", lambda s: s.attributes.get("error.type") == "refused",
+                               what="a refused probe at the given URL")
+            announce(endpoint, base, server.pid)
+            answered = rec.wait_for_event("span", lambda s: status_of(s) == 200,
+                                          what="a probe at the announced URL")
+        finally:
+            receiver.stop()
+        timeline = rec.finish()
+    assert answered.attributes["url.full"] == base + "/health"
+    [log] = timeline.of_kind("log")
+    assert log.pid == server.pid and log.line == \
+        f"health prober: probing {base}/health (announced by the traced command)"

@@ -14,22 +14,27 @@ import subprocess
 import sys
 import tempfile
 import time
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
 from omnitrace.container import (Container, ContainerError, read_cidfile, remove, running_init,
                                  runtime_of, with_cidfile)
+from omnitrace.inject.server import Server
 
 
 class ContainerServe:
-    def __init__(self, runtime: str, argv: list[str], cidfile: str, own_cidfile: bool):
+    def __init__(self, runtime: str, argv: list[str], cidfile: str, own_cidfile: bool,
+                 option: str):
         self.runtime, self.argv, self.cidfile = runtime, argv, cidfile
         self.own_cidfile = own_cidfile       # a temporary file of ours, removed at the end
+        self.option = option                 # the user's option that gave the command
         self.container: Container | None = None
+        self.url: str | None = None          # where the host reaches the server, once attached
 
     @classmethod
-    def of(cls, argv: list[str], cidfile: str | None) -> "ContainerServe | None":
+    def of(cls, argv: list[str], cidfile: str | None,
+           option: str = "--serve") -> "ContainerServe | None":
         """None unless argv runs a container. `cidfile`: where the runtime writes the id (the
         runner's DIR/<row>.cid, which it reads to remove the container whatever happens)."""
         runtime = runtime_of(argv)
@@ -40,41 +45,71 @@ class ContainerServe:
         if os.path.exists(path):
             os.unlink(path)   # a stale file from a past run: the runtime refuses to overwrite it
         argv, path = with_cidfile(argv, path)
-        return cls(runtime, argv, path, own)
+        return cls(runtime, argv, path, own, option)
 
-    def attach(self, client: subprocess.Popen, url: str, timeout_s: float) -> Container:
-        """Wait for the container to run (its id in the cidfile, its init started), then check
-        that the URL's port is one it publishes."""
+    def attach(self, server: Server, timeout_s: float) -> Container:
+        """Wait for the container to run (its id in the cidfile, its init started); then point
+        `server` at it: its URL at the host port the container publishes, its tree to include the
+        init's (conmon re-parents the container away from the client). Returns the container."""
+        self.container = self._wait_running(server.proc, timeout_s)
+        self.url = self.host_url(server.url)
+        if self.url != server.url:
+            print(f"omnitrace: {self.container.describe()} publishes the server on "
+                  f"{self.url}, not {server.url}: probing there", file=sys.stderr, flush=True)
+        server.url = self.url
+        server.adopt(self.container.init_pid)
+        self._say_if_outside()
+        return self.container
+
+    def _wait_running(self, client: subprocess.Popen, timeout_s: float) -> Container:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and client.poll() is None:
             cid = read_cidfile(self.cidfile)
             if cid:
                 try:
-                    self.container = running_init(cid, self.runtime, option="--serve")
-                    break
+                    return running_init(cid, self.runtime, option=self.option)
                 except ContainerError:
                     pass   # created, not yet started
             time.sleep(0.1)
-        if self.container is None and client.poll() is not None:
-            raise ContainerError(f"--serve: `{self.runtime} run` exited with status "
+        if client.poll() is not None:
+            raise ContainerError(f"{self.option}: `{self.runtime} run` exited with status "
                                  f"{client.returncode} before its container ran (its output "
-                                 "is in the row's log)")
-        if self.container is None:
-            raise ContainerError(f"--serve: the {self.runtime} container did not start within "
-                                 f"{timeout_s:.0f} s")
-        self._check_port(url)
-        self._say_if_outside()
-        return self.container
+                                 "says why)")
+        raise ContainerError(f"{self.option}: the {self.runtime} container did not start within "
+                             f"{timeout_s:.0f} s")
 
-    def _check_port(self, url: str) -> None:
-        """Probes go to the host port; a container that publishes ports but not that one would
-        only show as a health timeout minutes later."""
-        port = urlsplit(url).port
-        published = set(self.container.ports.values())
-        if published and port not in published:
-            raise ContainerError(f"--serve: the container publishes host port(s) "
-                                 f"{', '.join(map(str, sorted(published)))}, not {port} of "
-                                 f"{url}; publish it with -p {port}:PORT")
+    def host_url(self, url: str) -> str:
+        """The URL with the host port that reaches the server. The URL's port (`{port}`) is the
+        host port when the command publishes it (`-p {port}:PORT`), else the server's port in the
+        container, mapped to whatever host port the runtime picked (`-p {port}`); a container
+        that publishes a single port is reached there whatever the URL says (`-p 8000`, `-P`).
+        Refused in one line when no published port fits: the probes would only time out."""
+        parts, ports = urlsplit(url), self.container.ports
+        host_ports = set(ports.values())
+        if parts.port in host_ports or (not ports and self._reachable_unpublished()):
+            return url
+        host_port = ports.get(parts.port) or (min(host_ports) if len(host_ports) == 1 else None)
+        if host_port is None:
+            raise ContainerError(self._unreachable(url, parts.port))
+        host = parts.netloc.rpartition(":")[0] if parts.port else parts.netloc
+        return urlunsplit(parts._replace(netloc=f"{host}:{host_port}"))
+
+    def _reachable_unpublished(self) -> bool:
+        """Whether the host may reach the server with no port published: on the host's network,
+        or another container's or namespace's, which omnitrace does not look into."""
+        network = self.container.network
+        return network == "host" or network.startswith(("container:", "ns:"))
+
+    def _unreachable(self, url: str, port: int | None) -> str:
+        ports = self.container.ports
+        if not ports:
+            return (f"{self.option}: the container publishes no port, so {url} cannot reach it; "
+                    f"publish the server's port: -p PORT (the runtime picks the host port) or "
+                    f"-p {port}:PORT")
+        mapped = ", ".join(f"{h} (its {c})" for c, h in sorted(ports.items()))
+        return (f"{self.option}: the container publishes host port(s) {mapped}: none is {port} "
+                f"of {url} or maps its port {port}; publish the server's port with -p {port}:PORT "
+                f"or -p {port}, or publish one port only")
 
     def _say_if_outside(self) -> None:
         """A container whose init is not below this process (a daemon started it, as docker's
@@ -91,7 +126,7 @@ class ContainerServe:
     def details(self) -> dict:
         c = self.container
         return {} if c is None else {"runtime": c.runtime, "id": c.id, "name": c.name,
-                                     "init_pid": c.init_pid, "ports": c.ports}
+                                     "init_pid": c.init_pid, "ports": c.ports, "url": self.url}
 
     def label(self) -> str:
         """The container's name, else its short id (created, never seen running)."""

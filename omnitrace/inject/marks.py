@@ -18,6 +18,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
+from omnitrace.record.source import SERVER_SPAN
+
 TRACER_NAME = "omnitrace.inject"
 _lock = threading.Lock()
 _provider: TracerProvider | None = None
@@ -99,6 +101,15 @@ SCENARIO_SPAN = "omnitrace.scenario"
 FAULT_SPAN = "omnitrace.fault"
 OOM_SPAN = "omnitrace.oom"
 INPUT_SPAN = "omnitrace.input"
+
+
+def announce_server(pid: int, url: str, scenario: str | None = None) -> None:
+    """Tell the recorder where the server answers (record/source.py's SERVER_SPAN): its health
+    prober probes there from now on. Sent once the URL is known, before /health is awaited, so
+    the recording has the server's start-up answers too."""
+    tracer().start_span(SERVER_SPAN, attributes=clean({
+        "omnitrace.server.pid": pid, "omnitrace.server.url": url,
+        "omnitrace.scenario": scenario})).end()   # a simple processor: exported right here
 
 
 def _common(kind: str, scenario: str | None, server_pid: int | None, server_url: str | None):

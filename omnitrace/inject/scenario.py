@@ -142,7 +142,8 @@ class Driver:
             if self.container is not None:   # the server's root is the container's init
                 pid = self.attach_container()
             self.outcome.server_pid = pid
-            scenario.set_attribute("omnitrace.server.pid", pid)
+            scenario.set_attributes({"omnitrace.server.pid": pid, "omnitrace.server.url": p.url})
+            marks.announce_server(pid, p.url, p.row)
             self.server.wait_healthy(p.startup_timeout_s)
             if self.supervisor:   # the server is supervisord's child, not supervisord
                 self.outcome.server_pid = self.supervised_pid()
@@ -169,10 +170,13 @@ class Driver:
 
     def attach_container(self) -> int:
         """The container's init, by host pid; its details go to the outcome even when the
-        container is refused (a port it does not publish), so the outcome names it."""
+        container is refused (a port it does not publish), so the outcome names it. The plan's
+        URL moves to the host port the container publishes (one the runtime picked, `-p {port}`):
+        every probe, load request, mark and health poll from here on goes there."""
         try:
-            return self.container.attach(self.server.proc, self.plan.url,
-                                         self.plan.startup_timeout_s).init_pid
+            init_pid = self.container.attach(self.server, self.plan.startup_timeout_s).init_pid
+            self.plan.url = self.server.url
+            return init_pid
         finally:
             self.outcome.container = self.container.details()
 

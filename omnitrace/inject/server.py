@@ -128,11 +128,18 @@ class Server:
     # children of its own (pytest) follows the root's descendants only.
     subtree_is_server: bool = False
     foreign: set[int] = field(default_factory=set)  # the driver's own other children (the hog)
+    adopted: list[int] = field(default_factory=list)  # roots outside the root's descendants
 
     def start(self, env: dict[str, str] | None = None) -> int:
         self.proc = subprocess.Popen(self.argv, start_new_session=True, env=env)
         self.seen[self.proc.pid] = psutil.Process(self.proc.pid)
         return self.proc.pid
+
+    def adopt(self, pid: int) -> None:
+        """Count `pid` and its descendants as the server's too: a container's init, which conmon
+        starts outside the runtime client's descendants."""
+        self.seen.setdefault(pid, psutil.Process(pid))
+        self.adopted.append(pid)
 
     def wait_healthy(self, timeout_s: float) -> float:
         """Seconds until /health said 200; ServerFailed if it exits or the deadline passes, saying
@@ -163,7 +170,8 @@ class Server:
         daemon, one that called setsid (a new session keeps its parent), or one re-parented from
         an exited middle process all end up here. The root's own descendants alone would miss
         them: they are no longer below the root."""
-        tops = _children(psutil.Process()) if self.subtree_is_server else [self.seen[self.proc.pid]]
+        tops = _children(psutil.Process()) if self.subtree_is_server else \
+            [self.seen[pid] for pid in (self.proc.pid, *self.adopted)]
         for child in tops:
             if child.pid in self.foreign:
                 continue

@@ -6,7 +6,9 @@ failed (refused, reset, timeout), and its latency. That is the evidence for "hea
 
 Where to probe: `--health-url`, or discovered as `/health` on the port the traced tree listens on
 (the process nearest the root that listens; rediscovered every second, so a suite that starts one
-server per test is followed from server to server).
+server per test is followed from server to server). Either gives way to the URL the traced command
+announces (a SERVER_SPAN: the scenario driver and the pytest plugin send one per server they
+start), which is the only way to learn a host port a container runtime picked after the start.
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ class HealthProber(Source):
 
     def start(self, ctx: RecordContext) -> None:
         self._ctx = ctx
+        ctx.on_server_announced(self.follow)
         self._thread = threading.Thread(target=self._run, name="health-prober", daemon=True)
         self._thread.start()
 
@@ -86,14 +89,26 @@ class HealthProber(Source):
     def _rediscover(self) -> None:
         assert self._ctx is not None
         found = discover_listener(self._ctx)
-        if found is None:
+        if found is None or not self.discover:   # not discover: announced meanwhile, it wins
             return  # nothing listens (yet, or any more): keep probing the last server, if any
         pid, url = found[0], found[1] + self.path
-        if url != self.url:
-            self.url = url
-            self._count["servers_found"] += 1
-            self._ctx.emit(Log(t=time.monotonic_ns(), pid=pid, stream="omnitrace",
-                               line=f"health prober: probing {url} (pid {pid} listens there)"))
+        self._switch(url, pid, f"pid {pid} listens there")
+
+    def follow(self, base_url: str, pid: int | None) -> None:
+        """Probe the announced server from now on; discovery stops, since the command that
+        started the server knows better than a listening socket (a container's keeper, conmon,
+        listens on every port it publishes, the server on one inside its own network)."""
+        self.discover = False
+        self._switch(base_url.rstrip("/") + self.path, pid, "announced by the traced command")
+
+    def _switch(self, url: str, pid: int | None, why: str) -> None:
+        if url == self.url:
+            return
+        self.url = url
+        self._count["servers_found"] += 1
+        assert self._ctx is not None
+        self._ctx.emit(Log(t=time.monotonic_ns(), pid=pid or 0, stream="omnitrace",
+                           line=f"health prober: probing {url} ({why})"))
 
     def _probe(self, client: httpx.Client, url: str) -> None:
         attributes: dict[str, Any] = {"http.request.method": "GET", "url.full": url,

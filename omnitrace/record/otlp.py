@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from omnitrace.events import Span
-from omnitrace.record.source import RecordContext, Source, SourceUnavailable
+from omnitrace.record.source import SERVER_SPAN, RecordContext, Source, SourceUnavailable
 
 try:
     from google.protobuf import json_format
@@ -104,8 +104,17 @@ class OtlpReceiver(Source):
         assert self._ctx is not None
         for span in spans:
             self._ctx.emit(span)
+            self._note_server(span)
         self._bump("spans", len(spans))
         return len(spans)
+
+
+    def _note_server(self, span: Span) -> None:
+        """A SERVER_SPAN says where the recorded server answers: tell the health prober."""
+        url = span.attributes.get("omnitrace.server.url")
+        if span.name == SERVER_SPAN and isinstance(url, str) and url:
+            pid = span.attributes.get("omnitrace.server.pid")
+            self._ctx.server_announced(url, pid if isinstance(pid, int) else None)
 
 
 class _Handler(BaseHTTPRequestHandler):

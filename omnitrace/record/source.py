@@ -15,6 +15,11 @@ from typing import Any, Callable
 
 from omnitrace.events import Event
 
+# A span of this name, with omnitrace.server.url (and .pid), tells the recorder where the server it
+# records answers: the scenario driver and the pytest plugin send one once they know (a container's
+# host port is known only after the runtime mapped it), and the health prober follows it.
+SERVER_SPAN = "omnitrace.server"
+
 
 class SourceUnavailable(Exception):
     """A source cannot run here; str() says why and what would fix it."""
@@ -29,6 +34,7 @@ class RecordContext:
         self._traced: set[int] = set()
         self._fatal_signal_listeners: list[Callable[[int, int], None]] = []
         self._process_listeners: list[Callable[[int, str], None]] = []
+        self._server_listeners: list[Callable[[str, int | None], None]] = []
         self.root_pid: int | None = None
         self.trace_all = False
         self._ns_hosts: dict[tuple[int, int], int] = {}  # (pid ns inode, pid there) -> host pid
@@ -88,6 +94,15 @@ class RecordContext:
     def process_changed(self, pid: int, reason: str) -> None:
         for listener in list(self._process_listeners):
             listener(pid, reason)
+
+    def on_server_announced(self, listener: Callable[[str, int | None], None]) -> None:
+        """listener(url, pid) runs when the traced command says where its server answers (a
+        SERVER_SPAN received over OTLP): the health prober probes there from then on."""
+        self._server_listeners.append(listener)
+
+    def server_announced(self, url: str, pid: int | None) -> None:
+        for listener in list(self._server_listeners):
+            listener(url, pid)
 
 
 class Source:
