@@ -18,6 +18,8 @@ from omnitrace.errors import OmnitraceError
 from omnitrace.record.cgroup import ns_pids
 
 RUNTIMES = ("podman", "docker")
+# Set by `record --follow-containers` for its command: a container a daemon starts is recorded.
+FOLLOWS_CONTAINERS_ENV = "OMNITRACE_FOLLOWS_CONTAINERS"
 INSPECT_TIMEOUT_S = 30.0   # podman takes its storage lock; on a busy machine that waited seconds
 REMOVE_TIMEOUT_S = 60.0
 

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
-from omnitrace.container import (Container, ContainerError, read_cidfile, remove, running_init,
-                                 runtime_of, with_cidfile)
+from omnitrace.container import (FOLLOWS_CONTAINERS_ENV, Container, ContainerError, read_cidfile,
+                                 remove, running_init, runtime_of, with_cidfile)
 from omnitrace.inject.server import Server
 
 
@@ -113,15 +113,19 @@ class ContainerServe:
 
     def _say_if_outside(self) -> None:
         """A container whose init is not below this process (a daemon started it, as docker's
-        does) is not in the recording: say so, once."""
+        does) is recorded only when the recorder follows containers: say which, once."""
         try:
             below = {p.pid for p in psutil.Process().children(recursive=True)}
         except psutil.Error:
             below = set()
-        if self.container.init_pid not in below:
-            print(f"omnitrace: {self.container.describe()} does not descend from this command "
-                  "(its runtime's daemon started it): the recording does not follow its processes",
-                  file=sys.stderr, flush=True)
+        if self.container.init_pid in below:
+            return
+        followed = os.environ.get(FOLLOWS_CONTAINERS_ENV) == "1"
+        print(f"omnitrace: {self.container.describe()} does not descend from this command "
+              "(its runtime's daemon started it): "
+              + ("the recorder follows it (--follow-containers)" if followed else
+                 "the recording does not follow its processes (record --follow-containers would)"),
+              file=sys.stderr, flush=True)
 
     def details(self) -> dict:
         c = self.container

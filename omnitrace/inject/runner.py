@@ -124,6 +124,14 @@ def scenario_command(row: Row, serve: str, port: int, url: str, outcome: Path,
             "--health-url", url + "/health", *recorded_matrix, *record_args, "--", *driver]
 
 
+def container_record_args(runtime: str | None) -> list[str]:
+    """What the recorder needs for a container serve: dockerd starts docker's containers, so they
+    do not descend from the driver and are followed by their cgroup; podman's do descend (conmon
+    is re-parented to the driver), and following every container made meanwhile on the machine
+    would record strangers."""
+    return ["--follow-containers"] if runtime == "docker" else []
+
+
 def input_args(row: Row) -> list[str]:
     """A `fault: input` row's variant, keyword and recovery limit (the recovery's timeout)."""
     if row.fault != "input":
@@ -162,6 +170,7 @@ def run_row(row: Row, index: int, serve: str, url_template: str, out: Path, prog
     outcome_path = out / f"{slug}.outcome.json"
     runtime = runtime_of(expand(serve, port))
     cidfile = out / f"{slug}.cid" if runtime else None
+    record_args = [*record_args, *container_record_args(runtime)]
     argv = scenario_command(row, serve, port, url, outcome_path, record_args, run.timeline,
                             load_settings, matrix_file, startup_timeout_s, cidfile)
     t0 = time.monotonic()

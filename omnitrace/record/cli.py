@@ -72,6 +72,9 @@ def record(output, attach, trace_all, cgroup_path, container, follow_containers,
                             snapshot_interval_s=snapshot_interval, linger_s=linger,
                             keep_root=keep_root, follow_containers=follow_containers)
     _resolve_group(options, cgroup_path, container)
+    if follow_containers:  # a scenario driver says whether a daemon's container is recorded
+        from omnitrace.container import FOLLOWS_CONTAINERS_ENV
+        options.env[FOLLOWS_CONTAINERS_ENV] = "1"
     if matrix_file:  # read before anything runs: a bad file stops here, exit 2
         from omnitrace.verify.matrix import BUILTIN, header_entry, load_matrix
         options.header["matrix"] = header_entry(load_matrix(matrix_file))
