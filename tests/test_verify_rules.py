@@ -155,6 +155,21 @@ def test_graceful_shutdown_passes_when_never_delivered_and_it_exits_0_by_itself(
                for e in rule.evidence)
 
 
+@pytest.mark.parametrize("code, verdict", [(143, "pass"), (1, "fail"), (137, "fail")])
+def test_graceful_shutdown_takes_a_blocked_sigterm_read_by_signalfd(code, verdict):
+    """An init such as catatonit (`podman run --init`) blocks SIGTERM and reads it with
+    signalfd: no delivery is ever recorded. Its own exit with 128+15 is a graceful shutdown, as a
+    handler's would be; any other status is not."""
+    rule = verdicts(sigterm_serve(server(), disposition=None, code=code))["graceful-shutdown"]
+    assert rule.verdict == verdict, rule.evidence
+    text = " ".join(e.text for e in rule.evidence)
+    if verdict == "pass":
+        assert "never delivered (blocked: read with signalfd or sigwait" in text, text
+        assert "status 143" in text
+    else:
+        assert f"status {code}" in text, text
+
+
 def test_graceful_shutdown_is_inconclusive_when_undelivered_and_still_running_at_the_end():
     b = server()
     b.health(3.0, 30.0, 0.5)

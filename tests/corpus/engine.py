@@ -47,6 +47,8 @@ class Behaviour:
     recover_after_s: float | None = None # unavailable this long after a death, then healthy again
     leak_daemon: bool = False            # double-fork a setsid daemon at start, never stopped
     drain_until_second_signal: bool = False  # after stopping to accept, wait for another signal
+    sigwait_sigterm: bool = False        # the front blocks SIGTERM and reads it with sigwait (as
+                                         # an init does: catatonit, tini), then exits 128+15
 
 
 # ---- engine worker (its own process) -----------------------------------------------------------
@@ -164,12 +166,19 @@ class Front:
 
     # life
     def run(self) -> None:
+        if self.behaviour.sigwait_sigterm:
+            # before this process starts a thread, so that none can take it; after the engines
+            # started (starting a spawn process here resets the caller's signal mask)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         for w in self.workers:
             threading.Thread(target=w.route, daemon=True).start()
         threading.Thread(target=self.watch_workers, daemon=True).start()
         stop = threading.Event()
         if self.behaviour.ignore_sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        elif self.behaviour.sigwait_sigterm:   # blocked since main(): no handler, no delivery
+            threading.Thread(target=lambda: (signal.sigwait({signal.SIGTERM}), stop.set()),
+                             daemon=True).start()
         else:
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -194,7 +203,8 @@ class Front:
                 w.process.join(5)
         if self.behaviour.exit_delay_s:
             time.sleep(self.behaviour.exit_delay_s)
-        os._exit(0)   # without multiprocessing's atexit join: what was not stopped stays running
+        # without multiprocessing's atexit join: what was not stopped stays running
+        os._exit(128 + signal.SIGTERM if self.behaviour.sigwait_sigterm else 0)
 
     def handler_class(self):
         front = self

@@ -155,15 +155,20 @@ def is_zombie(member: Member) -> bool:
 
 
 def disposition(pid: int, signum: int) -> str:
-    """caught, ignored or default, from /proc/PID/status's signal masks."""
+    """caught, ignored, blocked (its main thread holds it pending, for sigwait/signalfd) or
+    default, from /proc/PID/status's signal masks."""
     masks = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             key, _, value = line.partition(":")
-            if key in ("SigCgt", "SigIgn"):
+            if key in ("SigCgt", "SigIgn", "SigBlk"):
                 masks[key] = int(value, 16)
     bit = 1 << (signum - 1)
-    return "caught" if masks["SigCgt"] & bit else "ignored" if masks["SigIgn"] & bit else "default"
+    if masks["SigCgt"] & bit:
+        return "caught"
+    if masks["SigIgn"] & bit:
+        return "ignored"
+    return "blocked" if masks["SigBlk"] & bit else "default"
 
 
 # ---- HTTP ----------------------------------------------------------------------------------------

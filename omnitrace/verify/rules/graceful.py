@@ -85,10 +85,18 @@ def _handled(ctx: Context, proc, receipt):
 def _ignored(ctx: Context, proc, receipt):
     """A process already shutting down (its parent told it to, e.g. before "kill all" reached
     it) may ignore a late SIGTERM so its teardown completes: graceful if it then exits by itself
-    with status 0 (within the limit: _one checked it). One that dies otherwise is not."""
+    with status 0 (within the limit: _one checked it). One that dies otherwise is not.
+    A process that blocks the signal and reads it with signalfd or sigwait (an init such as
+    catatonit, `podman run --init`, or tini) never has it delivered, so no handler shows: its own
+    exit with 128+signal, the status a handler's SystemExit gives, is graceful too."""
     code, killer = proc.exit_status()
     when = _when(receipt)
     how = "ignored" if receipt.disposition or receipt.result == "ignored" else "never took"
+    if killer is None and how == "never took" and code == 128 + receipt.signal:
+        return (PASS, f"{proc.label()}: {receipt.name} sent at {ctx.at(when)} was never "
+                f"delivered (blocked: read with signalfd or sigwait, as an init does) and it "
+                f"exited by itself with status {code} at {ctx.at(proc.exit_t)}", proc.exit_t,
+                proc.exit_group_ref or proc.reap_ref or proc.exit_ref, (proc.exit_t - when) / 1e9)
     if killer is None and code == 0:
         return (PASS, f"{proc.label()}: {how} {receipt.name} at {ctx.at(when)} (already shutting "
                 f"down) and exited with status 0 at {ctx.at(proc.exit_t)}", proc.exit_t,
