@@ -315,3 +315,27 @@ def test_children_of_a_parent_ignoring_sigchld_are_reaped_by_the_kernel(tmp_path
     timeline = read_timeline(out)
     reaps = of(timeline, ev.Reap, pid=child)
     assert [(r.reaper, r.syscall) for r in reaps] == [(0, "kernel")]
+
+
+class _NoEntries:
+    """A BPF map without the entry asked for (bcc raises KeyError, as here)."""
+    def __delitem__(self, key):
+        raise KeyError(key)
+
+
+def test_an_orphan_s_reap_is_translated_after_its_reaper_has_exited():
+    """The init's wait4 for an orphan names the orphan by its namespace pid and is read from the
+    ring buffer some ms later; on a busy machine the init has exited by then, so its namespace is
+    no longer in /proc. The namespace it was met in at its fork translates the reap (seen as an
+    unresolved reap in a busy fresh-clone run)."""
+    from omnitrace.record.kernel import KernelSource
+    from omnitrace.record.source import RecordContext
+    gone_init, orphan, inode = 4_194_000, 4_194_001, 4026532999   # no such pids run
+    assert not Path(f"/proc/{gone_init}").exists()
+    ctx = RecordContext(emit=lambda event: None)
+    ctx.note_ns_pid(gone_init, inode, 1)
+    ctx.note_ns_pid(orphan, inode, 4)
+    source = KernelSource()
+    source._ctx, source._bpf = ctx, {b"traced": _NoEntries()}
+    assert source._host_pid_of_reaped(gone_init, 4) == orphan
+    assert source._host_pid_of_reaped(gone_init, 4) is None   # taken: its ns pid is free now

@@ -310,8 +310,11 @@ class KernelSource(Source):
         and whose clone the kernel did not see (an orphan handed to a container's init): the
         process we met with that pid in the reaper's namespace. It stays in the BPF traced set
         otherwise, where a reused pid would be followed by mistake."""
+        # the reaper (a container's init) may have exited by the time this record is read: its
+        # namespace as met at its fork then
         view = cg.pid_ns_view(reaper)
-        host = self._ctx.take_host_pid(view[0], ns_pid) if view else None
+        inode = view[0] if view else self._ctx.ns_of(reaper)
+        host = self._ctx.take_host_pid(inode, ns_pid) if inode is not None else None
         if host is not None:
             try:
                 del self._bpf[b"traced"][ctypes.c_uint32(host)]

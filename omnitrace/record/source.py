@@ -64,6 +64,12 @@ class RecordContext:
             self._ns_hosts[(ns_inode, ns_pid)] = host_pid
             self._ns_keys[host_pid] = (ns_inode, ns_pid)
 
+    def ns_of(self, host_pid: int) -> int | None:
+        """The pid namespace (inode) a process was met in, also once it has gone from /proc."""
+        with self._lock:
+            key = self._ns_keys.get(host_pid)
+            return key[0] if key else None
+
     def take_host_pid(self, ns_inode: int, ns_pid: int) -> int | None:
         """The host pid of a process being reaped; forgotten, as its namespace pid is free now."""
         with self._lock:
