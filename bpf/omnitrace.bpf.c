@@ -139,6 +139,21 @@ static __always_inline void fill_current(struct ot_event *e)
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
 }
 
+/* A record about one process named by the tracepoint (not the current task): pid and comm. */
+static __always_inline void emit_process_event(u32 kind, u32 pid, const char *comm)
+{
+    struct ot_event *e = reserve(kind);
+    if (!e)
+        return;
+    e->pid = pid;
+    e->tid = pid;
+    bpf_probe_read_kernel_str(&e->comm, sizeof(e->comm), comm);
+    events.ringbuf_submit(e, 0);
+}
+
+/* A __data_loc string field of the tracepoint's record: offset in the low 16 bits. */
+#define TP_DATA_LOC(field) ((const char *)args + (args->data_loc_##field & 0xFFFF))
+
 /* code: the child's pid in the parent's pid namespace, 0 when that is the host's. comm2 is the
  * child's comm, which a fork copies from its parent. */
 static __always_inline void emit_fork(u64 ts, u32 child, u64 parent, bool thread, u32 ns_pid)
@@ -443,13 +458,7 @@ TRACEPOINT_PROBE(sched, sched_process_free)
     if (!traced.lookup(&pid))
         return 0;
     traced.delete(&pid);
-    struct ot_event *e = reserve(OT_RELEASE);
-    if (!e)
-        return 0;
-    e->pid = pid;
-    e->tid = pid;
-    TP_DATA_LOC_READ_STR(&e->comm, comm, sizeof(e->comm));
-    events.ringbuf_submit(e, 0);
+    emit_process_event(OT_RELEASE, pid, TP_DATA_LOC(comm));
     return 0;
 }
 
@@ -579,12 +588,6 @@ TRACEPOINT_PROBE(oom, mark_victim)
     u32 pid = args->pid;
     if (!is_traced(pid))
         return 0;
-    struct ot_event *e = reserve(OT_OOM_KILL);
-    if (!e)
-        return 0;
-    e->pid = pid;
-    e->tid = pid;
-    TP_DATA_LOC_READ_STR(&e->comm, comm, sizeof(e->comm));
-    events.ringbuf_submit(e, 0);
+    emit_process_event(OT_OOM_KILL, pid, TP_DATA_LOC(comm));
     return 0;
 }
