@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 
 from omnitrace.errors import OmnitraceError
-from omnitrace.record.cgroup import ns_pids
+from omnitrace.procstat import ns_pids
 
 RUNTIMES = ("podman", "docker")
 # Set by `record --follow-containers` for its command: a container a daemon starts is recorded.

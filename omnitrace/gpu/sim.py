@@ -21,7 +21,7 @@ Rules, as a driver behaves:
 - Pids as NVML reports them: in the reader's pid namespace. The ledger can be bind-mounted into a
   container (scripts/container-image.sh --run-args does), whose processes only know their
   namespace pid; a reader outside translates it to its own pid by the NSpid of /proc/*/status
-  (omnitrace.record.cgroup). An owner it cannot translate is never given a pid that might be
+  (omnitrace.procstat). An owner it cannot translate is never given a pid that might be
   another process's: its memory counts in memory() but in no pid of processes(), and its entry is
   left alone unless the reader can tell the owner is gone (see HostPids).
 
@@ -41,8 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omnitrace.gpu import GpuBackendError, GpuOutOfMemory
-from omnitrace.procstat import is_running, read_stat
-from omnitrace.record.cgroup import own_pid_ns, pid_ns_view
+from omnitrace.procstat import is_running, own_pid_ns, pid_ns_view, read_stat
 
 ENV_VAR = "OMNITRACE_SIM_GPU"
 DEFAULT_DIR = "/dev/shm/omnitrace-sim-gpu"

@@ -18,6 +18,7 @@ from typing import Any
 import psutil
 
 from omnitrace import events as ev
+from omnitrace.procstat import own_pid_ns, pid_ns_view
 from omnitrace.record import cgroup as cg
 from omnitrace.record import kernel_abi as abi
 from omnitrace.record.source import RecordContext, Source, SourceUnavailable
@@ -104,7 +105,7 @@ class KernelSource(Source):
             except Exception as exc:  # bcc raises bare Exception when the map update fails
                 raise SourceUnavailable(f"cannot filter on cgroup {self.group.path}: {exc}") \
                     from None
-        dev, ino = cg.own_pid_ns() or (0, 0)
+        dev, ino = own_pid_ns() or (0, 0)
         self._bpf[b"config"][ctypes.c_int(0)] = abi.RawConfig(
             trace_all=int(self.trace_all), cgroup=int(self.group is not None),
             host_ns_dev=dev, host_ns_ino=ino, follow_containers=int(self.follow_containers))
@@ -187,7 +188,7 @@ class KernelSource(Source):
         it, is 1 there)."""
         if not raw.code:
             return self._note_namespace(raw.pid)
-        view = cg.pid_ns_view(raw.other_pid) or cg.pid_ns_view(raw.pid)
+        view = pid_ns_view(raw.other_pid) or pid_ns_view(raw.pid)
         if view is not None:
             self._ctx.note_ns_pid(raw.pid, view[0], raw.code)
         return raw.code
@@ -195,7 +196,7 @@ class KernelSource(Source):
     def _note_namespace(self, pid: int) -> int | None:
         """Its pid in its own pid namespace when that is not ours (None otherwise), remembered for
         translating a reap inside that namespace."""
-        view = cg.pid_ns_view(pid)
+        view = pid_ns_view(pid)
         if view is None:
             return None
         self._ctx.note_ns_pid(pid, *view)
@@ -312,7 +313,7 @@ class KernelSource(Source):
         otherwise, where a reused pid would be followed by mistake."""
         # the reaper (a container's init) may have exited by the time this record is read: its
         # namespace as met at its fork then
-        view = cg.pid_ns_view(reaper)
+        view = pid_ns_view(reaper)
         inode = view[0] if view else self._ctx.ns_of(reaper)
         host = self._ctx.take_host_pid(inode, ns_pid) if inode is not None else None
         if host is not None:

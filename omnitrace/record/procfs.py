@@ -17,8 +17,8 @@ from typing import Any
 import psutil
 
 from omnitrace import events as ev
-from omnitrace.procstat import is_running, read_stat
-from omnitrace.record.cgroup import cgroup_of, pid_ns_view
+from omnitrace.procstat import is_running, pid_ns_view, read_stat
+from omnitrace.record.cgroup import cgroup_of
 from omnitrace.record.source import RecordContext, Source
 
 DEFAULT_SNAPSHOT_INTERVAL_S = 1.0
